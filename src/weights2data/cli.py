@@ -1,0 +1,101 @@
+"""Command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import STRATEGIES, UserError
+
+
+def _add_select(sub) -> None:
+    p = sub.add_parser("select", help="recover fine-tuning data: pick K corpus documents")
+    p.add_argument("--base", required=True, help="base checkpoint: HF folder or hub id")
+    p.add_argument("--finetuned", required=True, help="fine-tuned checkpoint, or a PEFT adapter folder")
+    p.add_argument("--corpus", required=True, help="jsonl/csv/parquet file or folder, or a saved dataset")
+    p.add_argument("--k", type=int, required=True, help="documents to select")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--strategy", nargs="+", default=["select"], choices=STRATEGIES, metavar="S",
+                   help=f"one or more of: {', '.join(STRATEGIES)} (default: select)")
+    p.add_argument("--task", choices=["classify-head", "classify-tokens", "lm"],
+                   help="task framing (default: detected from the checkpoint)")
+    p.add_argument("--labels", nargs="+", help="classify-tokens: the label words, in class order")
+    p.add_argument("--prompt-template", default="{text}",
+                   help="classify-tokens: text before the label word (default: {text})")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--gguf-file", help="GGUF file name inside the checkpoint folder")
+    p.add_argument("--head-init", choices=["auto", "base", "zeros"], default="auto",
+                   help="classify-head: θ0's head from the base, or zeros (auto: base if it has one)")
+    p.add_argument("--checkpoints", type=int, default=3,
+                   help="P synthetic checkpoints θ0 + j/P·Δ, j < P (default 3; 1 = θ0 only)")
+    p.add_argument("--grad-at", choices=["interpolated", "finetuned"], default="interpolated",
+                   help="take gradients at the interpolated checkpoints, or at θf only")
+    p.add_argument("--projection", choices=["kronecker", "dense-rademacher", "dense-gaussian"],
+                   default="kronecker", help="used when the last layer exceeds --exact-max entries")
+    p.add_argument("--projection-dim", type=int, default=4096)
+    p.add_argument("--exact-max", type=int, default=65_536,
+                   help="keep gradients exact up to this many entries (default 65536)")
+    p.add_argument("--reset-every", type=int, help="select-batched: picks per batch (default K/10)")
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--limit", type=int, help="use only the first N corpus rows")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_select)
+
+
+def _run_select(args) -> None:
+    from .pipeline import make_config, select
+
+    cfg = make_config(
+        base=args.base, finetuned=args.finetuned, corpus=args.corpus, k=args.k, out=args.out,
+        strategies=args.strategy, task=args.task, labels=args.labels,
+        prompt_template=args.prompt_template, text_column=args.text_column,
+        gguf_file=args.gguf_file, head_init=args.head_init, checkpoints=args.checkpoints,
+        grad_at=args.grad_at, projection=args.projection, projection_dim=args.projection_dim,
+        exact_max=args.exact_max, reset_every=args.reset_every, max_length=args.max_length,
+        batch_size=args.batch_size, limit=args.limit, seed=args.seed, device=args.device,
+        dtype=args.dtype, overwrite=args.overwrite,
+    )
+    result = select(cfg, progress=not args.quiet)
+    print(summary(result))
+
+
+def summary(result) -> str:
+    lines = [f"wrote {result.config.out}  ({result.info['documents']} documents, task {result.task})"]
+    for stage, secs in result.info["timings_s"].items():
+        lines.append(f"  {stage:<24}{secs:>9.1f} s")
+    for name, sel in result.selections.items():
+        peak = f"  cos(S,q) peaks at {sel.peak[1]:.3f} after {sel.peak[0]} picks" if sel.peak else ""
+        lines.append(f"  selected-{name}.jsonl: {len(sel.indices)} documents{peak}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="weights2data",
+        description="Recover approximate fine-tuning data from a base and a fine-tuned checkpoint.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_select(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as err:
+        print(f"weights2data: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("weights2data: interrupted; nothing was written to the output folder", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

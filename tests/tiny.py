@@ -1,0 +1,126 @@
+"""Tiny random models and corpora built from configs, so tests run in seconds offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+LABELS = ["sport", "money", "music"]
+TOPICS = {
+    "sport": "the team won the match and the striker scored a goal in the final game of the season",
+    "money": "the bank raised rates and the market fell as investors sold shares in the company",
+    "music": "the band played a new song and the singer sold out the concert on the album tour",
+}
+FILLER = "a the of and to in is was it for on with as by at from this that people city year day"
+
+
+def corpus(n: int = 48, seed: int = 0) -> list[dict]:
+    """Short documents on three topics plus noise, with a `topic` column."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    filler = FILLER.split()
+    for i in range(n):
+        topic = LABELS[i % 3]
+        words = TOPICS[topic].split()
+        picks = torch.randint(len(words), (6 + i % 5,), generator=g).tolist()
+        noise = torch.randint(len(filler), (3,), generator=g).tolist()
+        text = " ".join([words[j] for j in picks] + [filler[j] for j in noise])
+        rows.append({"text": text, "topic": topic, "label": i % 3})
+    return rows
+
+
+def write_jsonl(rows: list[dict], path: Path) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _texts() -> list[str]:
+    return [r["text"] for r in corpus(90)] + [" " + w for w in LABELS] * 20
+
+
+def bpe_tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=["<unk>", "<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_texts(), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="<unk>",
+                                   pad_token="<eos>")
+
+
+def wordpiece_tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordPieceTrainer(vocab_size=200,
+                                        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
+    tok.train_from_iterator(_texts(), trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]")
+
+
+def bert_classifier(num_labels: int = 3, seed: int = 0):
+    torch.manual_seed(seed)
+    tok = wordpiece_tokenizer()
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=64, num_labels=num_labels,
+                     id2label=dict(enumerate(LABELS[:num_labels])), pad_token_id=tok.pad_token_id)
+    return BertForSequenceClassification(cfg).eval(), tok
+
+
+def gpt2_classifier(num_labels: int = 3, seed: int = 0):
+    torch.manual_seed(seed)
+    tok = bpe_tokenizer()
+    cfg = GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=2, n_head=2, n_positions=64, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+                     num_labels=num_labels, pad_token_id=tok.pad_token_id)
+    return GPT2ForSequenceClassification(cfg).eval(), tok
+
+
+def gpt2_lm(seed: int = 0):
+    torch.manual_seed(seed)
+    tok = bpe_tokenizer()
+    cfg = GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=2, n_head=2, n_positions=64,
+                     bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    return GPT2LMHeadModel(cfg).eval(), tok
+
+
+def llama_lm(seed: int = 0, tie: bool = False):
+    torch.manual_seed(seed)
+    tok = bpe_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                      tie_word_embeddings=tie, pad_token_id=tok.pad_token_id)
+    return LlamaForCausalLM(cfg).eval(), tok
+
+
+@torch.no_grad()
+def perturbed(model, scale: float = 0.05, seed: int = 1):
+    """A stand-in 'fine-tune' for math tests: every weight moved a little."""
+    import copy
+
+    g = torch.Generator().manual_seed(seed)
+    out = copy.deepcopy(model)
+    for p in out.parameters():
+        p.add_(scale * torch.randn(p.shape, generator=g))
+    return out
+
+
+def save(model, tok, path: Path) -> str:
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
