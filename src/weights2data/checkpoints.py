@@ -126,7 +126,10 @@ def load_pair(cfg: ModelConfig, seed: int = 0) -> CheckpointPair:
         else:
             finetuned, ft_missing = _load_model(cfg.finetuned, cfg, task, is_base=False)
         if ft_missing:
-            raise UserError(f"fine-tuned checkpoint {cfg.finetuned} lacks parameter {ft_missing[0]}")
+            raise UserError(
+                f"fine-tuned checkpoint {cfg.finetuned} has no parameter {ft_missing[0]}, which a "
+                f"{task} model needs; check --task"
+            )
         torch.manual_seed(seed)
         base, base_missing = _load_model(cfg.base, cfg, task, is_base=True, **extra)
         tokenizer = _load_tokenizer(cfg.base, cfg, is_base=True)

@@ -35,6 +35,8 @@ def load_corpus(path: str | Path, text_column: str = "text", limit: int | None =
     path = Path(path)
     if not path.exists():
         raise UserError(f"corpus {path} does not exist")
+    bars = not datasets.utils.are_progress_bars_disabled()
+    datasets.disable_progress_bars()  # reading a local file needs no bar of its own
     try:
         if path.is_dir() and (path / "state.json").exists():
             ds = datasets.load_from_disk(str(path))
@@ -46,7 +48,10 @@ def load_corpus(path: str | Path, text_column: str = "text", limit: int | None =
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - datasets raises many kinds; all mean "malformed"
-        raise UserError(f"corpus {path} could not be read: {str(err).splitlines()[0]}") from err
+        raise UserError(f"corpus {path} could not be read: {_first_line(err)}") from err
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     return validate(ds, text_column, str(path))
@@ -67,3 +72,10 @@ def validate(ds: datasets.Dataset, text_column: str, name: str = "corpus") -> da
         if not text.strip():
             raise UserError(f"{name} row {i}: {text_column!r} is empty; remove empty documents")
     return ds
+
+
+def _first_line(err: BaseException) -> str:
+    """The innermost cause's first line: datasets wraps parser errors in generic ones."""
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]

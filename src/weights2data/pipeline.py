@@ -155,12 +155,14 @@ def _check_options(cfg: SelectConfig) -> None:
 
 
 def _check_lengths(framing: Framing, texts: list[str]) -> list[int]:
+    """Token counts (special tokens included); a UserError for a document with no content."""
     lengths = framing.token_counts(texts)
-    for i, n in enumerate(lengths):
-        if n < framing.min_tokens:
+    content = framing.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    for i, (n, ids) in enumerate(zip(lengths, content)):
+        if not ids or n < framing.min_tokens:
             raise UserError(
-                f"corpus row {i} tokenises to {n} token(s); {framing.name} needs at least "
-                f"{framing.min_tokens}: remove or lengthen it"
+                f"corpus row {i} tokenises to {len(ids)} token(s) of text; {framing.name} needs "
+                f"at least {max(1, framing.min_tokens)}: remove or lengthen it"
             )
     return lengths
 
