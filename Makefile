@@ -23,7 +23,7 @@ demo: setup
 	$(VENV)/bin/weights2data demo
 
 test: setup
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
 
 bench: setup
