@@ -64,6 +64,8 @@ def add_parser(sub) -> None:
     d.add_argument("--layers", type=int, default=4, help="keep the first N of SmolLM2's 30 layers")
     d.add_argument("--steps", type=int, default=10, help="optimizer steps per unit model (default: the Recipe's 200)")
     d.add_argument("--sample", type=int, default=6, help="mixtures to validate")
+    d.add_argument("--heal-steps", type=int, default=30,
+                   help="steps of continued training that repair the truncated base")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_run_demo)
 
@@ -144,4 +146,5 @@ def _run_validate(args) -> None:
 def _run_demo(args) -> None:
     from .demo import run_demo
 
-    run_demo(args.out, layers=args.layers, steps=args.steps, sample=args.sample, progress=not args.quiet)
+    run_demo(args.out, layers=args.layers, steps=args.steps, sample=args.sample,
+             heal_steps=args.heal_steps, progress=not args.quiet)
