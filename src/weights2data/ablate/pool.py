@@ -181,6 +181,8 @@ def train_pool(
     """Split partitions into units and train one model per unit not yet in the pool at `out`."""
     out = Path(out)
     t0 = time.perf_counter()
+    if Path(spec.base).exists():  # so score/validate find it from any working directory
+        spec = replace(spec, base=str(Path(spec.base).resolve()))
     if not partitions:
         raise UserError("no partitions to train on")
     for p in partitions:
