@@ -66,6 +66,9 @@ def test_split_units_equal_tokens_and_reported_remainder():
     assert [(d.partition, d.documents, d.tokens) for d in dropped] == [("a", 3, 4)]
     with pytest.raises(UserError, match="partition 'c' is empty"):
         split_units([Partition("c", [], [], "x")], {"c": []}, 5)
+    with pytest.raises(UserError, match="collide"):
+        split_units([Partition("a b", ["x"], [0], "x"), Partition("a_b", ["y"], [1], "x")],
+                    {"a b": [3], "a_b": [3]}, 5)
 
 
 def test_partitions_from_files_and_select_runs(tmp_path):

@@ -77,6 +77,9 @@ def split_units(
     """Cut each partition into units of >= unit_tokens tokens; the remainder is dropped."""
     if unit_tokens < 1:
         raise UserError(f"--unit-tokens must be positive, got {unit_tokens}")
+    names = [safe_name(p.name) for p in partitions]
+    if len(set(names)) != len(names):
+        raise UserError(f"partition names collide once made file-safe: {', '.join(sorted(names))}")
     units: list[Unit] = []
     dropped: list[Dropped] = []
     for part in partitions:
@@ -132,7 +135,4 @@ def from_files(paths: list[str], text_column: str = "text") -> list[Partition]:
                 raise UserError(f"partition {path.stem!r} ({path}) is empty")
             ds = load_corpus(path, text_column)
             parts.append(Partition(path.stem, list(ds[text_column]), list(range(len(ds))), str(path)))
-    names = [safe_name(p.name) for p in parts]
-    if len(set(names)) != len(names):
-        raise UserError(f"partition names collide: {', '.join(names)}; rename the files")
     return parts
