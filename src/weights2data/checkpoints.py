@@ -203,3 +203,28 @@ def _prepare_padding(tokenizer: PreTrainedTokenizerBase, *models: PreTrainedMode
     for m in models:
         if m.config.pad_token_id is None:
             m.config.pad_token_id = tokenizer.pad_token_id
+
+
+def load_model(
+    path: str,
+    gguf_file: str | None = None,
+    dtype: str = "float32",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """One causal LM and its tokenizer (HF folder, hub id or GGUF), padded on the right, in eval mode."""
+    cfg = ModelConfig(base=path, finetuned=path, task="lm", gguf_file=gguf_file, dtype=dtype,
+                      device=device, trust_remote_code=trust_remote_code)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        model, missing = _load_model(path, cfg, "lm", is_base=True)
+        tokenizer = _load_tokenizer(path, cfg, is_base=True)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    if missing:
+        raise UserError(f"checkpoint {path} lacks parameter {missing[0]}")
+    if tokenizer is None:
+        raise UserError(f"no tokenizer could be loaded from {path}")
+    _prepare_padding(tokenizer, model)
+    return model.to(resolve_device(device)).eval(), tokenizer

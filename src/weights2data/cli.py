@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .ablate.cli import add_parser as add_ablate
 from .config import STRATEGIES, UserError
 
 
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_select(sub)
+    add_ablate(sub)
     return parser
 
 
