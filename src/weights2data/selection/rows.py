@@ -64,7 +64,7 @@ class ArrayRows(Rows):
         self.shape = (p, int(self.starts[-1]), d)
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(a))
+        t = torch.from_numpy(np.array(a))  # a writable copy of just this block
         return t.view(torch.bfloat16) if self.dtype == torch.bfloat16 else t
 
     def blocks(self, dtype, device):
