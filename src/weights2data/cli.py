@@ -43,6 +43,17 @@ def _add_select(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--store", metavar="DIR",
+                   help="keep labels, losses and gradients in a resumable on-disk store in DIR "
+                        "(reused when the configuration matches; required under torchrun). "
+                        "Without it everything stays in memory")
+    p.add_argument("--store-dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="how the store keeps gradient vectors (default float32)")
+    p.add_argument("--shard-size", type=int, default=4096, help="documents per store shard")
+    p.add_argument("--greedy", choices=["exact", "lazy", "stochastic"], default="exact",
+                   help="select: exact (one pass per pick), lazy (same picks, skips rows that "
+                        "provably cannot win), stochastic (scores (N/K)·ln(1/ε) random rows per pick)")
+    p.add_argument("--epsilon", type=float, default=0.01, help="--greedy stochastic: ε (default 0.01)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_select)
@@ -59,10 +70,14 @@ def _run_select(args) -> None:
         grad_at=args.grad_at, projection=args.projection, projection_dim=args.projection_dim,
         exact_max=args.exact_max, reset_every=args.reset_every, max_length=args.max_length,
         batch_size=args.batch_size, limit=args.limit, seed=args.seed, device=args.device,
-        dtype=args.dtype, overwrite=args.overwrite,
+        dtype=args.dtype, overwrite=args.overwrite, store=args.store, store_dtype=args.store_dtype,
+        shard_size=args.shard_size, greedy=args.greedy, epsilon=args.epsilon,
     )
+    if not 0 < args.epsilon < 1:
+        raise UserError("--epsilon must be between 0 and 1")
     result = select(cfg, progress=not args.quiet)
-    print(summary(result))
+    if result is not None:  # ranks other than 0 of a torchrun job only build the store
+        print(summary(result))
 
 
 def summary(result) -> str:

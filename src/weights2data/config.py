@@ -62,6 +62,9 @@ class GradientConfig:
     projection_dim: int = 4096
     batch_size: int = 32
     seed: int = 0
+    store: str | None = None  # a folder: passes go to a resumable on-disk store (store.py)
+    store_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    shard_size: int = 4096  # documents per store shard
 
 
 @dataclass
@@ -72,6 +75,8 @@ class SelectionConfig:
     strategies: list[str] = field(default_factory=lambda: ["select"])
     reset_every: int | None = None  # select-batched: S resets every b picks (default K/10)
     seed: int = 0
+    greedy: Literal["exact", "lazy", "stochastic"] = "exact"  # how each greedy step is found
+    epsilon: float = 0.01  # stochastic greedy: (N/K)·ln(1/ε) rows scored per step
 
 
 @dataclass

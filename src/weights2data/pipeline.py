@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import output
+from . import distributed, output, store
 from .checkpoints import CheckpointPair, load_pair
 from .config import (
     STRATEGIES,
@@ -76,13 +76,19 @@ class _Clock:
         self.stages[stage] = round(time.perf_counter() - start, 3)
 
 
-def select(cfg: SelectConfig | None = None, progress: bool = True, **kwargs) -> SelectResult:
+def select(cfg: SelectConfig | None = None, progress: bool = True, **kwargs) -> SelectResult | None:
     """Run SELECT and the requested baselines; write the output folder when cfg.out is set.
 
     Pass a SelectConfig, or flat keywords: `select(base=..., finetuned=..., corpus=..., k=100)`.
+    With `store=DIR` every pass goes to a resumable on-disk store (store.py). Under torchrun
+    the ranks share the store's shards and only rank 0 selects; the others return None.
     """
     cfg = cfg or make_config(**kwargs)
     _check_options(cfg)
+    world, device = distributed.init(cfg.model.device)
+    if world.size > 1 and not cfg.gradients.store:
+        raise UserError("several processes (torchrun) need --store: each rank writes its own shards")
+    cfg.model.device = device
     if cfg.out:
         output.check_destination(cfg.out, cfg.overwrite)
     clock = _Clock()
@@ -106,6 +112,13 @@ def select(cfg: SelectConfig | None = None, progress: bool = True, **kwargs) -> 
             "or an adapter that left it alone); SELECT needs a last layer that changed"
         )
     batch = cfg.gradients.batch_size
+    if cfg.gradients.store:
+        stored = _run_store(cfg, pair, framing, texts, lengths, target, info, world, clock, progress)
+        if stored is None:
+            return None
+        labels, loss_ft, loss_base, grads = stored
+        return _finish(cfg, texts, pair, framing, labels, loss_ft, loss_base, grads, info, clock,
+                       progress)
     with clock("autolabel"):
         labels, loss_ft = score_documents(framing, pair.finetuned, texts, batch, lengths=lengths,
                                           progress=progress,
@@ -126,13 +139,20 @@ def select(cfg: SelectConfig | None = None, progress: bool = True, **kwargs) -> 
         with clock("loss at θ0"):
             _, loss_base = score_documents(framing, pair.base, texts, batch, labels, lengths,
                                            progress, desc="loss at θ0")
+    return _finish(cfg, texts, pair, framing, labels, loss_ft, loss_base, grads, info, clock,
+                   progress)
+
+
+def _finish(cfg, texts, pair, framing, labels, loss_ft, loss_base, grads, info, clock, progress):
+    """Run every strategy and write the output folder."""
     selections = {}
     for name in cfg.selection.strategies:
         with clock(f"select:{name}"):
             selections[name] = run_strategy(
                 name, cfg.selection.k, grads, labels, loss_ft, loss_base,
                 seed=cfg.selection.seed, reset_every=cfg.selection.reset_every, n=len(texts),
-                progress=progress,
+                progress=progress, greedy_method=cfg.selection.greedy,
+                epsilon=cfg.selection.epsilon, device=pair.device,
             )
     info["timings_s"] = clock.stages
     result = SelectResult(cfg, texts, pair.task, _label_names(pair, framing), labels, loss_ft,
@@ -140,6 +160,52 @@ def select(cfg: SelectConfig | None = None, progress: bool = True, **kwargs) -> 
     if cfg.out:
         output.write_run(result, cfg.out, cfg.overwrite)
     return result
+
+
+def _run_store(cfg, pair, framing, texts, lengths, target, info, world, clock, progress):
+    """Build (or resume, or reuse) the store, then open it; None on ranks other than 0."""
+    g = cfg.gradients
+    alphas = checkpoint_alphas(g.checkpoints, g.grad_at)
+    info["alphas"] = alphas
+    projector = make_projector(*target.shape, g.projection, g.projection_dim, g.exact_max, g.seed,
+                               pair.device)
+    gs = store.GradientStore(g.store)
+    spec = {
+        "task": pair.task, "labels": cfg.model.labels, "prompt_template": cfg.model.prompt_template,
+        "max_length": cfg.corpus.max_length, "model_dtype": cfg.model.dtype,
+        "head_init": info["head_init"], "batch_size": g.batch_size, "alphas": alphas,
+        "projection": projector.describe(),
+        "base": store.fingerprint_model(pair.base, framing.last_layer(pair.base)),
+        "finetuned": store.fingerprint_model(pair.finetuned, framing.last_layer(pair.finetuned)),
+        "corpus": store.fingerprint_texts(texts),
+    }
+    q = target.float().to(pair.device)
+    layout = store.layout_for(len(texts), len(alphas), projector.dim, g.shard_size, g.store_dtype,
+                              q.norm().item(), alphas, projector.describe())
+
+    def compute(rows: list[int]) -> store.Shard:
+        part, part_lengths = [texts[i] for i in rows], [lengths[i] for i in rows]
+        labels, loss_ft = score_documents(framing, pair.finetuned, part, g.batch_size,
+                                          lengths=part_lengths, progress=False)
+        grads = extract(framing, pair.base, pair.finetuned, part, labels, projector, target,
+                        alphas, g.batch_size, part_lengths, progress=False)
+        loss_base = grads.base_loss
+        if loss_base is None:  # θ0 is not among the checkpoints: one more pass for loss-diff
+            _, loss_base = score_documents(framing, pair.base, part, g.batch_size, labels,
+                                           part_lengths, progress=False)
+        if labels is None:
+            labels = torch.full((len(rows),), -1, dtype=torch.long)
+        return store.Shard(grads.grads, grads.align, grads.sqnorm, labels, loss_ft, loss_base)
+
+    with clock("store"):
+        store.build(gs, spec, layout, projector.project_matrix(q).cpu(), len(texts), compute,
+                    world.rank, world.size, world.barrier, progress)
+    if not world.main:
+        return None
+    opened = gs.open()
+    info["projection"] = opened.gradients.projector
+    info["store"] = {"path": str(gs.path), "dtype": g.store_dtype, "shards": layout["shards"]}
+    return opened.labels, opened.loss_ft, opened.loss_base, opened.gradients
 
 
 def _check_options(cfg: SelectConfig) -> None:

@@ -14,14 +14,33 @@ from ..framings import Positions
 
 def residuals(pos: Positions, target: torch.Tensor) -> torch.Tensor:
     """r = w (softmax(z) − e_y), shape (B, T, C)."""
-    r = torch.softmax(pos.logits, dim=-1)
-    r.scatter_add_(-1, target.clamp_min(0).unsqueeze(-1), -torch.ones_like(r[..., :1]))
-    return r * pos.weight.unsqueeze(-1)
+    return residuals_and_loss(pos, target)[0]
+
+
+def residuals_and_loss(pos: Positions, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """r = w (softmax(z) − e_y), (B, T, C), and the weighted cross-entropy per document, (B,).
+
+    One (B, T, C) allocation: with C a 50k-token vocabulary this is the size of the logits,
+    so softmax, residual and loss are all formed in place in it.
+    """
+    y = target.clamp_min(0).unsqueeze(-1)
+    top = pos.logits.amax(-1, keepdim=True)
+    r = pos.logits - top
+    z_y = r.gather(-1, y)
+    r.exp_()
+    total = r.sum(-1, keepdim=True)
+    r.div_(total)
+    loss = ((total.log() - z_y).squeeze(-1) * pos.weight).sum(-1)  # logsumexp(z) − z_y
+    r.scatter_add_(-1, y, -torch.ones_like(z_y))
+    r.mul_(pos.weight.unsqueeze(-1))
+    return r, loss
 
 
 def alignment(r: torch.Tensor, h: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """⟨g_i, q⟩ for each document, q the (C, H') target; (B,)."""
-    return (r * (h @ q.T)).sum(dim=(1, 2))
+    """⟨g_i, q⟩ = Σ_t r_tᵀ Q h_t for each document, q the (C, H') target; (B,).
+
+    Contracting r with Q first gives a (B, T, H') temporary instead of a (B, T, C) one."""
+    return ((r @ q) * h).sum(dim=(1, 2))
 
 
 def squared_norms(r: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

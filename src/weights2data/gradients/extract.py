@@ -93,9 +93,9 @@ def extract(
         for idx, batch in framing.batches(texts, batch_size, device, lengths):
             pos = framing.forward(model, batch)
             y = pos.target if labels is None else labels[idx].to(device).unsqueeze(1)
+            r, loss = closed_form.residuals_and_loss(pos, y)
             if alpha == 0.0:
-                base_loss[idx] = pos.loss(y).cpu()
-            r = closed_form.residuals(pos, y)
+                base_loss[idx] = loss.cpu()
             grads[j, idx] = projector.project(r, pos.hidden).cpu()
             align[j, idx] = closed_form.alignment(r, pos.hidden, q).cpu()
             sqnorm[j, idx] = closed_form.squared_norms(r, pos.hidden).cpu()

@@ -24,13 +24,19 @@ def run_strategy(
     reset_every: int | None = None,
     n: int | None = None,
     progress: bool = False,
+    greedy_method: str = "exact",
+    epsilon: float = 0.01,
+    device: torch.device | str | None = None,
 ) -> Selection:
-    """Run one strategy of method.md; inputs a strategy does not use may be None."""
+    """Run one strategy of method.md; inputs a strategy does not use may be None.
+
+    `greedy_method` (exact / lazy / stochastic), `epsilon` and `device` apply to the greedy."""
     if name == "random":
         return baselines.random(n if n is not None else len(loss_ft), k, seed)
     if name in ("select", "select-batched"):
         every = None if name == "select" else (reset_every or max(1, k // 10))
-        return greedy(grads.grads, grads.align, grads.sqnorm, grads.target_norm, k, every, progress)
+        return greedy(grads.grads, grads.align, grads.sqnorm, grads.target_norm, k, every, progress,
+                      method=greedy_method, epsilon=epsilon, seed=seed, device=device)
     if name == "topk":
         return baselines.topk(grads.cosines().numpy(), k)
     if name == "topk-balanced":

@@ -11,6 +11,7 @@ class Selection:
     indices: list[int]  # corpus rows, in pick / rank order
     scores: list[float]  # the strategy's score of each pick (greedy: cos(S, q) it would reach)
     curve: list[float] = field(default_factory=list)  # greedy only: cos(S, q) after each pick
+    stats: dict = field(default_factory=dict)  # greedy only: how the argmax was found
 
     @property
     def peak(self) -> tuple[int, float] | None:
