@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from .config import STRATEGIES, UserError
+from .demo import cli as demo_cli
 from .evaluation import cli as evaluation_cli
 
 
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_select(sub)
     evaluation_cli.add_parser(sub)
+    demo_cli.add_parser(sub)
     return parser
 
 
