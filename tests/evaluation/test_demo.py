@@ -71,3 +71,12 @@ def test_lm_demo_smoke(tmp_path):
         assert res["strategies"][name][k]["mean"] > 1
     assert res["oracle"][k]["mean"] > 1 and res["expert"] < res["base"]
     assert "labels" not in res["strategies"]["select"][k]
+
+
+def test_demo_cli_refuses_bad_sizes(capsys):
+    from weights2data.cli import main
+
+    assert main(["demo", "--leak", "1.5", "--quiet"]) == 2
+    assert "--leak is a fraction" in capsys.readouterr().err
+    assert main(["demo", "--seeds", "0", "--quiet"]) == 2
+    assert "--seeds must be at least 1" in capsys.readouterr().err

@@ -33,8 +33,9 @@ def table(results: dict) -> str:
             e = per_k[k]
             cells.append(f"{e['mean']:6.1f} ± {e['sd']:4.1f}  OT {e['ot']:5.3f}")
         lines.append(f"{name:<26}" + "".join(f"{c:>{width}}" for c in cells))
-    lines.append(f"{'expert (θf)':<26}{results['expert']:>{width - 20}.1f}")
-    lines.append(f"{'base (θ0)':<26}{results['base']:>{width - 20}.1f}")
+    for name in ("expert", "base"):
+        label = f"{name} ({'θf' if name == 'expert' else 'θ0'})"
+        lines.append(f"{label:<26}" + f"{results[name]:6.1f}".ljust(23).rjust(width))
     return "\n".join(lines)
 
 

@@ -114,7 +114,11 @@ def run_demo(
     base_key = fingerprint({"task": hidden.task, "seed": sizes.seed, "layers": sizes.layers,
                             "labels": hidden.label_names})
     work = cache / f"{'lm' if lm else 'classify'}-{fingerprint(_work_key(hidden, sizes))}"
-    base_dir, expert_dir = cache / f"base-{base_key}", work / "expert"
+    # The expert does not depend on the seed corpus: presets that share its recipe share it.
+    expert_key = {"base": base_key, "train": fingerprint(hidden.train), "seed": sizes.seed,
+                  "recipe": [sizes.max_length, sizes.expert_epochs, sizes.expert_lr, sizes.batch_size]}
+    base_dir = cache / f"base-{base_key}"
+    expert_dir = cache / f"expert-{fingerprint(expert_key)}"
     corpus_path = work / "corpus.jsonl"
     work.mkdir(parents=True, exist_ok=True)
 
@@ -137,7 +141,7 @@ def run_demo(
     for name, opts in select_opts.items():
         folder = work / (f"select-k{k_max}" if not name else f"variant-{slug(name)}-k{k_max}")
         names = strategies if not name else ["select"]
-        stages.run(f"select {name or ', '.join(names)}", (folder / output.MANIFEST).exists(),
+        stages.run(f"select ({name or ', '.join(names)})", (folder / output.MANIFEST).exists(),
                    lambda folder=folder, names=names, opts=opts: select(
                        base=str(base_dir), finetuned=str(expert_dir), corpus=str(corpus_path),
                        k=k_max, strategies=names, max_length=sizes.max_length,
@@ -222,12 +226,12 @@ def run_demo(
         stages.cached.append("retrain + measure")
 
     # Similarity to the true data: OT distance, labels, sources, leakage (seed-0 selections).
-    embeddings = work / "embeddings"
+    embeddings = cache / "embeddings"  # keyed by content: shared by every preset
     embeddings.mkdir(exist_ok=True)
     encoder: list[SentenceEncoder] = []
 
     def embed(name: str, texts: list[str]) -> np.ndarray:
-        path = embeddings / f"{slug(name)}-{fingerprint(texts)}.npy"
+        path = embeddings / f"{slug(name)}-{fingerprint([sizes.embed_length, texts])}.npy"
         if path.exists():
             return np.load(path)
         if not encoder:
@@ -305,8 +309,8 @@ def _job_file(name: str, k: int, seed: int, sizes: Sizes) -> str:
 
 def _work_key(hidden: Hidden, sizes: Sizes) -> dict:
     """What the cached expert, corpus and selections depend on (not K-list or seeds)."""
-    return {"task": hidden.task, "train": fingerprint([r["text"] for r in hidden.train]),
-            "seed_corpus": fingerprint([r["text"] for r in hidden.seed]),
+    return {"task": hidden.task, "train": fingerprint(hidden.train),
+            "test": fingerprint(hidden.test), "seed_corpus": fingerprint(hidden.seed),
             "max_length": sizes.max_length, "checkpoints": sizes.checkpoints,
             "expert": [sizes.expert_epochs, sizes.expert_lr, sizes.batch_size],
             "leak": sizes.leak, "layers": sizes.layers, "seed": sizes.seed,
