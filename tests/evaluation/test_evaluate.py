@@ -96,3 +96,20 @@ def test_bad_inputs_are_one_line_errors(run, tmp_path, capsys):
     bad = tiny.write_jsonl([{"text": "a b c", "label": "opera"}], tmp_path / "bad.jsonl")
     assert main(["evaluate", str(tmp / "run"), "--test", str(bad), "--quiet"]) == 2
     assert "'opera' is not a class" in capsys.readouterr().err
+
+
+def test_evaluate_lm_reports_perplexity(tmp_path):
+    base, tok = tiny.gpt2_lm()
+    rows = tiny.corpus(40)
+    paths = {"base": tiny.save(base, tok, tmp_path / "base"),
+             "ft": tiny.save(tiny.perturbed(base), tok, tmp_path / "ft"),
+             "corpus": tiny.write_jsonl(rows[:30], tmp_path / "corpus.jsonl"),
+             "test": tiny.write_jsonl([{"text": r["text"]} for r in rows[30:]], tmp_path / "t.jsonl")}
+    select(base=paths["base"], finetuned=paths["ft"], corpus=str(paths["corpus"]), k=5,
+           max_length=32, strategies=["select", "loss-min"], out=str(tmp_path / "run"),
+           progress=False)
+    assert main(["evaluate", str(tmp_path / "run"), "--test", str(paths["test"]), "--seeds", "1",
+                 "--steps", "3", "--quiet", "--out", str(tmp_path / "r.json")]) == 0
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["metric"] == "perplexity" and res["head_init"] is None
+    assert all(e["mean"] > 1 and "labels" not in e for e in res["strategies"].values())

@@ -37,7 +37,7 @@ def add_parser(sub) -> None:
 def run_demo_cli(args) -> None:
     import torch
 
-    from ..output import write_json
+    from ..evaluation.evaluate import write_results
     from . import report
     from .run import run_demo
     from .sizes import CLASSIFY_STRATEGIES, LM_STRATEGIES, classify_sizes, lm_sizes
@@ -76,7 +76,7 @@ def run_demo_cli(args) -> None:
     results["wall_s"] = round(time.perf_counter() - start, 1)
     out = Path(args.out or results["cache"])
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "results.json", results)
+    write_results(results, out / "results.json")
     report.write_html(results, out / "report.html")
     print(report.table(results))
     print(f"({preset} preset, {results['wall_s']:.0f} s, {os.cpu_count()} CPUs)  "

@@ -53,7 +53,8 @@ def perplexity(
                                 progress=progress, desc="perplexity")
     # The lm framing averages each document over its len-1 predictions: undo that.
     counts = torch.tensor([max(n - 1, 0) for n in lengths], dtype=torch.float64)
-    return math.exp(float((losses.double() * counts).sum() / counts.sum()))
+    mean_nll = float((losses.double() * counts).sum() / counts.sum())
+    return math.exp(mean_nll) if mean_nll < 700 else math.inf  # exp overflows a float beyond
 
 
 class SentenceEncoder:
