@@ -158,7 +158,8 @@ def run_demo(
     def setup_for(run: Run) -> Setup:
         head = run.manifest.get("head_init") or "none"
         if head not in setups:
-            setups[head] = load_setup(run.config())
+            # The cache's own paths, not those recorded in the manifest: a moved cache still works.
+            setups[head] = load_setup(run.config(base=str(base_dir), finetuned=str(expert_dir)))
         return setups[head]
 
     main = runs[""]
