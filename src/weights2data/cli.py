@@ -7,6 +7,8 @@ import sys
 
 from .ablate.cli import add_parser as add_ablate
 from .config import STRATEGIES, UserError
+from .demo import cli as demo_cli
+from .evaluation import cli as evaluation_cli
 
 
 def _add_select(sub) -> None:
@@ -97,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_select(sub)
+    evaluation_cli.add_parser(sub)
+    demo_cli.add_parser(sub)
     add_ablate(sub)
     return parser
 

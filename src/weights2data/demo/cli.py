@@ -1,0 +1,83 @@
+"""`weights2data demo`: the whole story offline, on models and data the install brings."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from ..config import UserError
+
+DEFAULT_CACHE = Path.home() / ".cache" / "weights2data" / "demo"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("demo", help="offline demo: hide BBC News in a fine-tune, recover it "
+                       "from a public corpus, retrain and compare strategies")
+    p.add_argument("--task", choices=["classify", "lm"], default="classify",
+                   help="classify: all-MiniLM-L6-v2 on BBC topics (default); lm: SmolLM2-135M "
+                   "(first layers only) on BBC passages, judged by perplexity")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="a few minutes: small corpus, one K, one seed")
+    size.add_argument("--full", action="store_true",
+                      help="the whole grid: ~20k documents, K in 100..1000, 3 seeds, SELECT variants")
+    p.add_argument("--seeds", type=int, help="override the number of training seeds")
+    p.add_argument("--k", type=int, nargs="+", help="override the K values")
+    p.add_argument("--leak", type=float, default=0.0,
+                   help="mix this fraction of the true training data into the seed corpus and "
+                   "report each selection's precision/recall on it")
+    p.add_argument("--cache", default=str(DEFAULT_CACHE),
+                   help=f"cache for the models, selections and scores (default {DEFAULT_CACHE})")
+    p.add_argument("--out", help="where results.json and report.html go (default: the cache run folder)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_demo_cli)
+
+
+def run_demo_cli(args) -> None:
+    import torch
+
+    from ..evaluation.evaluate import write_results
+    from . import report
+    from .run import run_demo
+    from .sizes import CLASSIFY_STRATEGIES, LM_STRATEGIES, classify_sizes, lm_sizes
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    preset = "quick" if args.quick else "full" if args.full else "default"
+    sizes = (classify_sizes if args.task == "classify" else lm_sizes)(preset)
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise UserError("--seeds must be at least 1")
+        sizes.seeds = args.seeds
+    if args.k:
+        if min(args.k) < 1:
+            raise UserError("--k values must be at least 1")
+        sizes.ks = sorted(set(args.k))
+    if not 0 <= args.leak < 1:
+        raise UserError("--leak is a fraction in [0, 1)")
+    sizes.leak = args.leak
+    start = time.perf_counter()
+    if args.task == "classify":
+        from .classify import hidden_task, minilm_base
+
+        hidden = hidden_task(sizes)
+        make_base, strategies = minilm_base(hidden.label_names, sizes.seed), CLASSIFY_STRATEGIES
+    else:
+        from .lm import hidden_task, smollm_base
+
+        hidden = hidden_task(sizes)
+        make_base, strategies = smollm_base(sizes.layers, sizes.seed), LM_STRATEGIES
+    if max(sizes.ks) > len(hidden.seed):
+        raise UserError(f"--k {max(sizes.ks)} exceeds the seed corpus ({len(hidden.seed)} documents)")
+    results = run_demo(hidden, make_base, sizes, Path(args.cache), strategies,
+                       progress=not args.quiet)
+    results["preset"] = preset
+    results["wall_s"] = round(time.perf_counter() - start, 1)
+    out = Path(args.out or results["cache"])
+    out.mkdir(parents=True, exist_ok=True)
+    write_results(results, out / "results.json")
+    report.write_html(results, out / "report.html")
+    print(report.table(results))
+    print(f"({preset} preset, {results['wall_s']:.0f} s, {os.cpu_count()} CPUs)  "
+          f"wrote {out / 'results.json'} and {out / 'report.html'}")

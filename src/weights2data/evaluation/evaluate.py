@@ -1,0 +1,175 @@
+"""`evaluate`: retrain θ0 on each selection of a finished `select` run and report the task
+metric on a test set, with label/source distributions, leakage and (given the true data)
+the OT distance and the oracle."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import UserError
+from ..corpus import load_corpus
+from ..output import MANIFEST, versions, write_json
+from ..pipeline import make_config
+from .metrics import SentenceEncoder, distribution, leakage, ot_distance
+from .retrain import Setup, load_setup, measure, retrain, summarise
+from .train import Recipe
+
+
+@dataclass
+class Run:
+    """A finished `select` output folder."""
+
+    folder: Path
+    manifest: dict
+    selections: dict[str, list[dict]]  # strategy -> rows of selected-<strategy>.jsonl
+
+    @property
+    def label_names(self) -> list[str] | None:
+        return self.manifest.get("label_names")
+
+    def config(self, **overrides):
+        """The run's SelectConfig, rebuilt from manifest.json."""
+        c = self.manifest["config"]
+        flat = {**c["model"], **c["corpus"], **c["gradients"], **c["selection"]}
+        flat.pop("path")
+        flat.update(overrides)
+        return make_config(corpus=c["corpus"]["path"], **flat)
+
+
+def load_run(folder: str | Path) -> Run:
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise UserError(f"{folder} is not a finished select run (no {MANIFEST})")
+    manifest = json.loads(manifest_path.read_text())
+    selections = {}
+    for name in manifest.get("strategies", {}):
+        path = folder / f"selected-{name}.jsonl"
+        if not path.is_file():
+            raise UserError(f"{folder} lacks {path.name}, named in its manifest")
+        selections[name] = [json.loads(line) for line in path.read_text().splitlines() if line]
+    return Run(folder, manifest, selections)
+
+
+def read_labelled(path: str | Path, text_column: str, label_column: str | None,
+                  label_names: list[str] | None) -> tuple[list[str], list[int] | None]:
+    """Texts and class indices of a labelled file; names map through `label_names`."""
+    ds = load_corpus(path, text_column)
+    texts = list(ds[text_column])
+    if label_column is None:
+        return texts, None
+    if label_column not in ds.column_names:
+        raise UserError(f"{path} has no label column {label_column!r}; pass --label-column")
+    return texts, to_indices(list(ds[label_column]), label_names, str(path))
+
+
+def to_indices(values: list, label_names: list[str] | None, where: str) -> list[int]:
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+            idx = int(v)
+        elif label_names is not None and str(v) in label_names:
+            idx = label_names.index(str(v))
+        else:
+            known = ", ".join(label_names) if label_names else "none known; pass --labels"
+            raise UserError(f"{where} row {i}: label {v!r} is not a class (classes: {known})")
+        if label_names is not None and not 0 <= idx < len(label_names):
+            raise UserError(f"{where} row {i}: label {idx} is out of range 0..{len(label_names) - 1}")
+        out.append(idx)
+    return out
+
+
+def evaluate_run(
+    run: Run,
+    test_texts: list[str],
+    test_labels: list[int] | None,
+    recipe: Recipe,
+    seeds: list[int],
+    strategies: list[str] | None = None,
+    true_texts: list[str] | None = None,
+    true_labels: list[int] | None = None,
+    leaked_column: str = "leaked",
+    source_column: str = "source",
+    setup: Setup | None = None,
+    encoder: SentenceEncoder | None = None,
+    progress: bool = True,
+) -> dict:
+    """Retrain θ0 on every selection (autolabels for classification, text for lm) and report
+    the metric, plus base/expert, distributions, leakage, OT distance and the oracle."""
+    strategies = strategies or list(run.selections)
+    missing = [s for s in strategies if s not in run.selections]
+    if missing:
+        raise UserError(f"{run.folder} has no selection for strategy {missing[0]!r}")
+    setup = setup or load_setup(run.config())
+    if setup.task != "lm" and test_labels is None:
+        raise UserError("a classification test set needs a label column")
+    names = run.label_names
+    corpus = load_corpus(run.config().corpus.path, run.config().corpus.text_column)
+    sources = list(corpus[source_column]) if source_column in corpus.column_names else None
+    leaked = ([i for i, x in enumerate(corpus[leaked_column]) if x]
+              if leaked_column in corpus.column_names else None)
+    true_emb = None
+    if true_texts is not None:
+        encoder = encoder or SentenceEncoder(device=setup.pair.device)
+        true_emb = encoder(true_texts, progress=progress)
+    results: dict = {
+        "run": str(run.folder), "task": setup.task, "metric": setup.metric,
+        "recipe": recipe.to_dict(), "max_length": setup.framing.max_length,
+        "seeds": list(seeds), "head_init": setup.head_init, "test_documents": len(test_texts),
+        "base": measure(setup, setup.pair.base, test_texts, test_labels),
+        "expert": measure(setup, setup.pair.finetuned, test_texts, test_labels),
+        "strategies": {}, "versions": versions(),
+    }
+    for name in strategies:
+        rows = run.selections[name]
+        texts = [r["text"] for r in rows]
+        labels = None if setup.task == "lm" else to_indices([r["autolabel"] for r in rows], names,
+                                                              f"selected-{name}.jsonl")
+        entry = retrain(setup, texts, labels, recipe, seeds, test_texts, test_labels, progress)
+        entry["k"] = len(rows)
+        if labels is not None:
+            entry["labels"] = distribution(labels, names)
+        index = [r["index"] for r in rows]
+        if sources is not None:
+            entry["sources"] = distribution([sources[i] for i in index])
+        if leaked is not None:
+            entry["leakage"] = leakage(index, leaked)
+        if true_emb is not None:
+            entry["ot"] = ot_distance(encoder(texts), true_emb)
+        results["strategies"][name] = entry
+    if true_texts is not None:
+        results["oracle"] = oracle(setup, true_texts, true_labels, len(run.selections[strategies[0]]),
+                                   recipe, seeds, test_texts, test_labels, progress)
+    return results
+
+
+def oracle(setup: Setup, true_texts: list[str], true_labels: list[int] | None, k: int,
+           recipe: Recipe, seeds: list[int], test_texts: list[str],
+           test_labels: list[int] | None, progress: bool = False) -> dict:
+    """K true training documents with their true labels, a fresh sample for every seed."""
+    if setup.task != "lm" and true_labels is None:
+        raise UserError("the oracle needs the true data's labels (a label column)")
+    values = []
+    for seed in seeds:
+        pick = np.random.default_rng(seed).choice(len(true_texts), min(k, len(true_texts)),
+                                                  replace=False)
+        texts = [true_texts[i] for i in pick]
+        labels = None if true_labels is None else [true_labels[i] for i in pick]
+        values += retrain(setup, texts, labels, recipe, [seed], test_texts, test_labels,
+                          progress)["values"]
+    return {"metric": setup.metric, **summarise(values), "seeds": list(seeds), "k": k}
+
+
+def write_results(results: dict, path: str | Path) -> Path:
+    """Write results.json atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    write_json(tmp, results)
+    os.replace(tmp, path)
+    return path
