@@ -48,12 +48,17 @@ class Sizes:
         return sum(self.seed_docs.values())
 
 
+def _smoke() -> Sizes:
+    """The test suite's size: seconds on tiny models, the same code path as the others."""
+    return Sizes({"wikipedia": 30, "news": 30, "tweets": 30}, ks=[12], seeds=1, max_length=32,
+                 epochs=2, lr=1e-3, batch_size=8, expert_epochs=4, expert_lr=3e-3,
+                 train_docs=30, test_docs=20, embed_length=32, select_batch_size=16)
+
+
 def classify_sizes(preset: str) -> Sizes:
     """Presets for the classification demo (all-MiniLM-L6-v2, BBC News)."""
     if preset == "smoke":
-        return Sizes({"wikipedia": 30, "news": 30, "tweets": 30}, ks=[12], seeds=1, max_length=32,
-                     epochs=2, lr=1e-3, batch_size=8, expert_epochs=4, expert_lr=3e-3,
-                     train_docs=30, test_docs=20, embed_length=32, select_batch_size=16)
+        return _smoke()
     if preset == "quick":
         return Sizes({"wikipedia": 800, "news": 800, "tweets": 400}, ks=[200], seeds=1,
                      epochs=3, expert_epochs=1)
@@ -69,9 +74,7 @@ def classify_sizes(preset: str) -> Sizes:
 def lm_sizes(preset: str) -> Sizes:
     """Presets for the language-modelling demo (SmolLM2-135M truncated, BBC passages)."""
     if preset == "smoke":
-        return Sizes({"wikipedia": 30, "news": 30, "tweets": 30}, ks=[12], seeds=1, max_length=32,
-                     epochs=2, lr=1e-3, batch_size=8, expert_epochs=4, expert_lr=3e-3,
-                     train_docs=30, test_docs=20, embed_length=32, select_batch_size=16)
+        return _smoke()
     if preset == "quick":
         return Sizes({"wikipedia": 300, "news": 300, "tweets": 200}, ks=[100], seeds=1,
                      max_length=48, checkpoints=1, epochs=2, lr=5e-4, expert_epochs=2,
