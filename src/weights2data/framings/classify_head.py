@@ -23,9 +23,6 @@ class ClassifyHead(Framing):
             raise RuntimeError(f"no linear layer with {model.config.num_labels} outputs found")
         return heads[-1]
 
-    def num_classes(self, model: PreTrainedModel) -> int:
-        return model.config.num_labels
-
     def forward(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> Positions:
         head = self.last_module(model)
         out, h = self._capture_input(model, head, batch)

@@ -53,9 +53,6 @@ class ClassifyTokens(Framing):
     def rows(self) -> torch.Tensor:
         return self.label_ids
 
-    def num_classes(self, model: PreTrainedModel) -> int:
-        return len(self.labels)
-
     def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
         return super().encode([self.template.format(text=t) for t in texts])
 

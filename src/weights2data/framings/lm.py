@@ -17,9 +17,6 @@ class LanguageModel(Framing):
     def last_module(self, model: PreTrainedModel):
         return model.get_output_embeddings()
 
-    def num_classes(self, model: PreTrainedModel) -> int:
-        return self.last_module(model).weight.shape[0]
-
     def forward(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> Positions:
         head = self.last_module(model)
         out, h = self._capture_input(model, head, batch)

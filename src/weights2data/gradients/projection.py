@@ -67,10 +67,6 @@ class Kronecker(Projector):
         v = h @ self.r_h.to(h.device)
         return torch.einsum("btu,btv->buv", u, v).flatten(1)
 
-    def project_factored(self, r_c: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """As `project`, with r already multiplied by R_C (the LM path forms it from softmax)."""
-        return torch.einsum("btu,btv->buv", r_c, h @ self.r_h.to(h.device)).flatten(1)
-
     def project_matrix(self, m):
         return (self.r_c.T.to(m.device) @ m.float() @ self.r_h.to(m.device)).flatten()
 
