@@ -89,7 +89,7 @@ def test_perplexity_is_token_weighted_mean_loss(llama_dir):
     model, tok = load_model(llama_dir)
     texts = [r["text"] for r in tiny.corpus(7)]
     framing = LanguageModel(tok, 32)
-    got = perplexity(model, framing, texts, batch_size=3)
+    got = perplexity(framing, model, texts, batch_size=3)
     total, count = 0.0, 0
     with torch.no_grad():  # brute force: each document alone, unpadded
         for t in texts:

@@ -11,16 +11,15 @@ import csv
 import hashlib
 import itertools
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from ..config import UserError
 from ..corpus import load_corpus
+from ..evaluation.metrics import perplexity
 from ..framings import LanguageModel
 from ..output import atomic_folder, check_destination, versions, write_json
 from .merge import merge_units
@@ -60,22 +59,6 @@ def make_eval_set(name: str, texts: list[str], framing: LanguageModel, source: s
     if tokens == 0:
         raise UserError(f"eval set {name!r} has no tokens to predict (every document needs at least 2)")
     return EvalSet(name, texts, tokens, source)
-
-
-@torch.no_grad()
-def perplexity(model, framing: LanguageModel, texts: list[str], batch_size: int = 8) -> float:
-    """exp of the mean next-token loss over all predicted tokens of `texts`."""
-    device = next(model.parameters()).device
-    loss_sum, count = 0.0, 0
-    for _, batch in framing.batches(texts, batch_size, device):
-        pos = framing.forward(model, batch)
-        mask = batch["attention_mask"]
-        n = (mask[:, 1:] * mask[:, :-1]).sum(-1)  # predictions per document
-        loss_sum += (pos.loss().double() * n).sum().item()  # per-document mean × count = sum
-        count += int(n.sum())
-    if count == 0:
-        raise UserError("nothing to predict in this eval set")
-    return math.exp(loss_sum / count)
 
 
 def mixture_name(units) -> str:
@@ -134,7 +117,7 @@ def score_mixtures(pool: Pool, mixtures: list[tuple[str, ...]], eval_sets: list[
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def evaluate() -> dict[str, float]:
-        return {f"ppl:{e.name}": perplexity(model, framing, e.texts, batch_size) for e in eval_sets}
+        return {f"ppl:{e.name}": perplexity(framing, model, e.texts, batch_size) for e in eval_sets}
 
     rows = [{"mixture": "base", "kind": "base", "size": 0, "tokens": 0, **evaluate()}]
     used = sorted({u for m in mixtures for u in m})

@@ -95,7 +95,7 @@ def validate(pool: Pool, eval_sets: list[EvalSet], mixtures: list[tuple[str, ...
             for e in eval_sets:
                 row[f"merged:{e.name}"] = proxy[f"ppl:{e.name}"]
                 row[f"naive:{e.name}"] = proxy[f"naive:{e.name}"]
-                row[f"trained:{e.name}"] = perplexity(model, framing, e.texts, batch_size)
+                row[f"trained:{e.name}"] = perplexity(framing, model, e.texts, batch_size)
             rows.append(row)
     finally:
         model.load_state_dict(base_state)
