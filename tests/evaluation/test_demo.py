@@ -38,6 +38,7 @@ def test_classify_demo_smoke_and_cache(tmp_path):
         e = per_k[k]
         assert 0 <= e["mean"] <= 100 and e["ot"] >= 0 and len(e["values"]) == sizes.seeds
         assert abs(sum(e["labels"].values()) - 1) < 1e-9
+        assert 1 / len(tiny.LABELS) <= e["label_confidence"] <= 1  # θf's argmax probability
         assert "leakage" in e and 0 <= e["leakage"]["recall"] <= 1
         assert set(e["sources"]) <= {"src0", "src1", "src2", "bbc (leaked)"}
     assert first["documents"]["leaked"] == 6 and first["documents"]["seed_corpus"] == 66
@@ -54,7 +55,7 @@ def test_classify_demo_smoke_and_cache(tmp_path):
     assert second["strategies"] == first["strategies"] and second["oracle"] == first["oracle"]
 
     text = report.table(second)
-    assert "select" in text and "oracle" in text and "expert" in text
+    assert "select" in text and "oracle" in text and "expert" in text and "conf" in text
     report.write_html(second, tmp_path / "report.html")
     page = (tmp_path / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 3
@@ -71,6 +72,18 @@ def test_lm_demo_smoke(tmp_path):
         assert res["strategies"][name][k]["mean"] > 1
     assert res["oracle"][k]["mean"] > 1 and res["expert"] < res["base"]
     assert "labels" not in res["strategies"]["select"][k]
+    assert "conf" not in report.table(res)
+
+
+def test_variants_are_relative_to_the_main_run():
+    from weights2data.demo.sizes import select_variants
+
+    for p in (1, 3, 5):
+        variants = select_variants(p)
+        assert p not in [v.get("checkpoints") for v in variants.values()]
+        assert len([v for v in variants.values() if "checkpoints" in v]) == 2
+    full = lm_sizes("full")
+    assert full.checkpoints not in [v.get("checkpoints") for v in full.variants.values()]
 
 
 def test_demo_cli_refuses_bad_sizes(capsys):

@@ -24,6 +24,9 @@ def add_parser(sub) -> None:
     size.add_argument("--quick", action="store_true", help="a few minutes: small corpus, one K, one seed")
     size.add_argument("--full", action="store_true",
                       help="the whole grid: ~20k documents, K in 100..1000, 3 seeds, SELECT variants")
+    p.add_argument("--variants", action="store_true",
+                   help="also run the SELECT variants of --full (the other P of 1, 3, 5; gradients "
+                   "at θf; zero head init) at this preset's sizes")
     p.add_argument("--seeds", type=int, help="override the number of training seeds")
     p.add_argument("--k", type=int, nargs="+", help="override the K values")
     p.add_argument("--leak", type=float, default=0.0,
@@ -43,7 +46,13 @@ def run_demo_cli(args) -> None:
     from ..evaluation.evaluate import write_results
     from . import report
     from .run import run_demo
-    from .sizes import CLASSIFY_STRATEGIES, LM_STRATEGIES, classify_sizes, lm_sizes
+    from .sizes import (
+        CLASSIFY_STRATEGIES,
+        LM_STRATEGIES,
+        classify_sizes,
+        lm_sizes,
+        select_variants,
+    )
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -54,6 +63,8 @@ def run_demo_cli(args) -> None:
         return
     preset = "quick" if args.quick else "full" if args.full else "default"
     sizes = (classify_sizes if args.task == "classify" else lm_sizes)(preset)
+    if args.variants:
+        sizes.variants = select_variants(sizes.checkpoints)
     if args.seeds is not None:
         if args.seeds < 1:
             raise UserError("--seeds must be at least 1")

@@ -23,19 +23,25 @@ def table(results: dict) -> str:
     ks = [str(k) for k in results["sizes"]["ks"]]
     acc = results["metric"] == "accuracy"
     unit = "accuracy %" if acc else "perplexity (lower is better)"
-    width = 26
+    conf_col = any("label_confidence" in e for _, per_k in results["strategies"].items()
+                   for e in per_k.values())
+    width = 37 if conf_col else 26
     head = f"{'strategy':<26}" + "".join(f"{'K=' + k:>{width}}" for k in ks)
     lines = [f"{results['task']}: {unit} ± sd over {results['sizes']['seeds']} seed(s); "
-             "OT = distance to the true training data (lower is closer)", head]
+             "OT = distance to the true training data (lower is closer)"
+             + ("; conf = θf's mean probability of the autolabels trained on" if conf_col else ""),
+             head]
     for name, per_k in _rows(results):
         cells = []
         for k in ks:
             e = per_k[k]
-            cells.append(f"{e['mean']:6.1f} ± {e['sd']:4.1f}  OT {e['ot']:5.3f}")
+            conf = "" if not conf_col else (f"  conf {e['label_confidence']:.2f}"
+                                            if "label_confidence" in e else "           ")
+            cells.append(f"{e['mean']:6.1f} ± {e['sd']:4.1f}  OT {e['ot']:5.3f}{conf}")
         lines.append(f"{name:<26}" + "".join(f"{c:>{width}}" for c in cells))
     for name in ("expert", "base"):
         label = f"{name} ({'θf' if name == 'expert' else 'θ0'})"
-        lines.append(f"{label:<26}" + f"{results[name]:6.1f}".ljust(23).rjust(width))
+        lines.append(f"{label:<26}" + f"{results[name]:6.1f}".ljust(width - 3).rjust(width))
     return "\n".join(lines)
 
 

@@ -189,6 +189,9 @@ def run_demo(
     rows |= {name: runs[name].selections["select"] for name in variants}
     scores = pq.read_table(main.folder / "scores.parquet")
     autolabels = None if lm else scores.column("autolabel").to_numpy()
+    # θf's probability of each autolabel: low values mean the label a selection trains on is a
+    # coin toss, which the test set never needs to reveal.
+    confidence = None if lm else np.exp(-scores.column("loss_finetuned").to_numpy())
     n_docs = len(corpus_rows)
 
     def picks(name: str, k: int, seed: int) -> list[int]:
@@ -268,6 +271,7 @@ def run_demo(
                 entry["sources"] = distribution([corpus_rows[i]["source"] for i in idx])
                 if not lm:
                     entry["labels"] = distribution(autolabels[idx].tolist(), hidden.label_names)
+                    entry["label_confidence"] = float(confidence[idx].mean())
                 if leaked_idx:
                     entry["leakage"] = leakage(idx, leaked_idx)
             per_k[str(k)] = entry

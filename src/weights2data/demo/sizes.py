@@ -8,13 +8,16 @@ from dataclasses import dataclass, field
 CLASSIFY_STRATEGIES = ["select", "topk", "topk-balanced", "random", "loss-diff"]
 LM_STRATEGIES = ["select", "random", "loss-min", "loss-diff"]
 
-# SELECT variants of the --full grid: name -> options passed to `select` on top of the main run.
-FULL_VARIANTS = {
-    "select P=1 (θ0 only)": {"checkpoints": 1},
-    "select P=5": {"checkpoints": 5},
-    "select grad at θf": {"grad_at": "finetuned"},
-    "select head init zeros": {"head_init": "zeros"},
-}
+
+
+def select_variants(checkpoints: int) -> dict[str, dict]:
+    """The SELECT variants of the --full grid, beside a main run at P = `checkpoints`:
+    name -> options passed to `select` on top of the main run's."""
+    names = {1: "select P=1 (θ0 only)", 3: "select P=3", 5: "select P=5"}
+    out = {name: {"checkpoints": p} for p, name in names.items() if p != checkpoints}
+    out["select grad at θf"] = {"grad_at": "finetuned"}
+    out["select head init zeros"] = {"head_init": "zeros"}  # classification only
+    return out
 
 
 @dataclass
@@ -66,8 +69,10 @@ def classify_sizes(preset: str) -> Sizes:
         return Sizes({"wikipedia": 3000, "news": 3000, "tweets": 2000}, ks=[200], seeds=2,
                      epochs=3, expert_epochs=1)
     if preset == "full":
-        return Sizes({"wikipedia": 7000, "news": 7000, "tweets": 6000}, ks=[100, 200, 500, 1000],
-                     seeds=3, max_length=96, variants=dict(FULL_VARIANTS))
+        full = Sizes({"wikipedia": 7000, "news": 7000, "tweets": 6000}, ks=[100, 200, 500, 1000],
+                     seeds=3, max_length=96)
+        full.variants = select_variants(full.checkpoints)
+        return full
     raise ValueError(f"unknown preset {preset!r}")
 
 
@@ -84,7 +89,9 @@ def lm_sizes(preset: str) -> Sizes:
                      max_length=48, checkpoints=1, epochs=2, lr=5e-4, expert_epochs=2,
                      expert_lr=5e-4, train_docs=600, test_docs=200, layers=4)
     if preset == "full":
-        return Sizes({"wikipedia": 7000, "news": 7000, "tweets": 6000}, ks=[100, 200, 500, 1000],
-                     seeds=3, max_length=96, lr=5e-4, expert_epochs=2, expert_lr=5e-4, layers=8,
-                     variants=dict(FULL_VARIANTS))
+        full = Sizes({"wikipedia": 7000, "news": 7000, "tweets": 6000}, ks=[100, 200, 500, 1000],
+                     seeds=3, max_length=96, checkpoints=1, lr=5e-4, expert_epochs=2,
+                     expert_lr=5e-4, layers=8)
+        full.variants = select_variants(full.checkpoints)
+        return full
     raise ValueError(f"unknown preset {preset!r}")
