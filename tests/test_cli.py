@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import tiny
@@ -67,6 +68,24 @@ def test_same_seed_same_selection(bert_run):
         assert _select(base, ft, corpus, d / run, "--k", "7", "--strategy", "select", "random") == 0
         picks.append([(d / run / f"selected-{s}.jsonl").read_text() for s in ("select", "random")])
     assert picks[0] == picks[1]
+
+
+def test_min_confidence_keeps_only_documents_the_finetune_is_sure_of(bert_run, capsys):
+    d, base, ft, corpus = bert_run
+    out = d / "confident"
+    assert _select(base, ft, corpus, out, "--k", "5", "--min-confidence", "0.6",
+                   "--strategy", "select", "topk-balanced", "random") == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    scores = pq.read_table(out / "scores.parquet").to_pandas()
+    sure = set(scores["index"][np.exp(-scores["loss_finetuned"]) >= 0.6])
+    assert manifest["eligible_documents"] == len(sure) < 45
+    for name in ("select", "topk-balanced", "random"):
+        rows = [json.loads(line)["index"] for line in open(out / f"selected-{name}.jsonl")]
+        assert len(rows) == 5 and set(rows) <= sure, name
+    _expect_error(capsys, _select(base, ft, corpus, d / "none", "--k", "5", "--min-confidence",
+                                  "0.999"), "eligible")
+    _expect_error(capsys, _select(base, ft, corpus, d / "bad", "--k", "5", "--min-confidence",
+                                  "1.5"), "probability")
 
 
 def test_classify_tokens_and_lm_framings_run(tmp_path):

@@ -56,6 +56,9 @@ def _add_select(sub) -> None:
                    help="select: exact (one pass per pick), lazy (same picks, skips rows that "
                         "provably cannot win), stochastic (scores (N/K)·ln(1/ε) random rows per pick)")
     p.add_argument("--epsilon", type=float, default=0.01, help="--greedy stochastic: ε (default 0.01)")
+    p.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
+                   help="classification: pick only among documents whose autolabel θf gives at "
+                        "least probability P (default 0: all)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_select)
@@ -74,6 +77,7 @@ def _run_select(args) -> None:
         batch_size=args.batch_size, limit=args.limit, seed=args.seed, device=args.device,
         dtype=args.dtype, overwrite=args.overwrite, store=args.store, store_dtype=args.store_dtype,
         shard_size=args.shard_size, greedy=args.greedy, epsilon=args.epsilon,
+        min_confidence=args.min_confidence,
     )
     if not 0 < args.epsilon < 1:
         raise UserError("--epsilon must be between 0 and 1")

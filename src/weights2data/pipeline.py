@@ -145,6 +145,13 @@ def select(cfg: SelectConfig | None = None, progress: bool = True, **kwargs) -> 
 
 def _finish(cfg, texts, pair, framing, labels, loss_ft, loss_base, grads, info, clock, progress):
     """Run every strategy and write the output folder."""
+    eligible = None
+    if cfg.selection.min_confidence > 0:
+        if labels is None:
+            raise UserError("--min-confidence needs autolabels: use it with a classification task")
+        # θf's probability of its own argmax label is exp(−loss at θf).
+        eligible = (torch.exp(-loss_ft) >= cfg.selection.min_confidence).numpy()
+        info["eligible_documents"] = int(eligible.sum())
     selections = {}
     for name in cfg.selection.strategies:
         with clock(f"select:{name}"):
@@ -152,7 +159,7 @@ def _finish(cfg, texts, pair, framing, labels, loss_ft, loss_base, grads, info, 
                 name, cfg.selection.k, grads, labels, loss_ft, loss_base,
                 seed=cfg.selection.seed, reset_every=cfg.selection.reset_every, n=len(texts),
                 progress=progress, greedy_method=cfg.selection.greedy,
-                epsilon=cfg.selection.epsilon, device=pair.device,
+                epsilon=cfg.selection.epsilon, device=pair.device, eligible=eligible,
             )
     info["timings_s"] = clock.stages
     result = SelectResult(cfg, texts, pair.task, _label_names(pair, framing), labels, loss_ft,
@@ -218,6 +225,8 @@ def _check_options(cfg: SelectConfig) -> None:
         raise UserError("--k must be at least 1")
     if cfg.gradients.checkpoints < 1:
         raise UserError("--checkpoints must be at least 1")
+    if not 0 <= cfg.selection.min_confidence < 1:
+        raise UserError("--min-confidence is a probability in [0, 1)")
 
 
 def _check_lengths(framing: Framing, texts: list[str]) -> list[int]:

@@ -102,3 +102,39 @@ def test_random_is_seeded_and_without_replacement():
     assert a == baselines.random(100, 30, seed=4).indices
     assert len(set(a)) == 30
     assert a != baselines.random(100, 30, seed=5).indices
+
+
+@pytest.mark.parametrize("method", ["exact", "lazy", "stochastic"])
+def test_excluded_rows_are_never_picked_and_the_rest_is_the_subset_greedy(method):
+    """Excluding rows == running the greedy on the remaining rows only (--min-confidence)."""
+    grads, q = _problem(p=2)
+    q = q[:1].expand(2, -1).clone()
+    keep = np.flatnonzero(np.arange(grads.shape[1]) % 3 != 0)
+    align = torch.einsum("pnd,pd->pn", grads, q)
+    sqnorm = grads.square().sum(-1)
+    exclude = torch.ones(grads.shape[1], dtype=torch.bool)
+    exclude[keep] = False
+    sel = greedy(grads, align, sqnorm, _qnorm(q), 12, method=method, epsilon=1e-12,
+                 exclude=exclude)
+    assert sel.indices == keep[brute_force(grads[:, keep], q, 12)].tolist()
+    with pytest.raises(ValueError, match="pickable"):
+        greedy(grads, align, sqnorm, _qnorm(q), len(keep) + 1, exclude=exclude)
+
+
+def test_every_strategy_respects_eligible_rows():
+    from weights2data.gradients.extract import Gradients
+    from weights2data.selection import run_strategy
+
+    grads, q = _problem(p=1, n=40)
+    n = grads.shape[1]
+    g = Gradients(grads.float(), torch.einsum("pnd,pd->pn", grads, q).float(),
+                  grads.square().sum(-1).float(), q[0].float(), float(q[0].norm()), [0.0])
+    labels = torch.arange(n) % 4
+    loss_ft, loss_base = torch.rand(n), torch.rand(n)
+    eligible = (torch.arange(n) % 2 == 0).numpy()
+    for name in ["select", "topk", "topk-balanced", "random", "loss-min", "loss-max", "loss-diff"]:
+        sel = run_strategy(name, 8, g, labels, loss_ft, loss_base, n=n, eligible=eligible)
+        assert len(set(sel.indices)) == 8 and eligible[sel.indices].all(), name
+    full = run_strategy("loss-min", 8, g, labels, loss_ft, loss_base, n=n)
+    assert sorted(run_strategy("loss-min", 8, g, labels, loss_ft, loss_base, n=n,
+                               eligible=np.ones(n, bool)).indices) == sorted(full.indices)

@@ -148,6 +148,7 @@ def run_demo(
                        checkpoints=opts.get("checkpoints", sizes.checkpoints),
                        grad_at=opts.get("grad_at", "interpolated"),
                        head_init=opts.get("head_init", "auto"),
+                       min_confidence=opts.get("min_confidence", 0.0),
                        batch_size=sizes.select_batch_size, seed=sizes.seed, out=str(folder),
                        overwrite=True, progress=progress))
         runs[name] = load_run(folder)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..config import STRATEGIES, UserError
@@ -27,29 +28,45 @@ def run_strategy(
     greedy_method: str = "exact",
     epsilon: float = 0.01,
     device: torch.device | str | None = None,
+    eligible: np.ndarray | None = None,
 ) -> Selection:
     """Run one strategy of method.md; inputs a strategy does not use may be None.
 
-    `greedy_method` (exact / lazy / stochastic), `epsilon` and `device` apply to the greedy."""
-    if name == "random":
-        return baselines.random(n if n is not None else len(loss_ft), k, seed)
+    `greedy_method` (exact / lazy / stochastic), `epsilon` and `device` apply to the greedy.
+    `eligible` (N,) bool restricts every strategy to those rows; indices stay corpus rows."""
+    n = n if n is not None else len(loss_ft)
+    keep = np.arange(n) if eligible is None else np.flatnonzero(eligible)
+    if len(keep) < k:
+        raise UserError(f"only {len(keep)} documents are eligible (--min-confidence), "
+                        f"fewer than --k {k}")
     if name in ("select", "select-batched"):
         every = None if name == "select" else (reset_every or max(1, k // 10))
+        exclude = None if eligible is None else torch.from_numpy(~np.asarray(eligible, bool))
         return greedy(grads.grads, grads.align, grads.sqnorm, grads.target_norm, k, every, progress,
-                      method=greedy_method, epsilon=epsilon, seed=seed, device=device)
-    if name == "topk":
-        return baselines.topk(grads.cosines().numpy(), k)
-    if name == "topk-balanced":
+                      method=greedy_method, epsilon=epsilon, seed=seed, device=device,
+                      exclude=exclude)
+
+    def sub(t: torch.Tensor) -> np.ndarray:
+        return t.numpy()[keep]
+
+    if name == "random":
+        picked = baselines.random(len(keep), k, seed)
+    elif name == "topk":
+        picked = baselines.topk(sub(grads.cosines()), k)
+    elif name == "topk-balanced":
         if labels is None:
             raise UserError("topk-balanced needs autolabels: use it with a classification task")
-        return baselines.topk_balanced(grads.cosines().numpy(), labels.numpy(), k)
-    if name == "loss-min":
-        return baselines.loss_min(loss_ft.numpy(), k)
-    if name == "loss-max":
-        return baselines.loss_max(loss_ft.numpy(), k)
-    if name == "loss-diff":
-        return baselines.loss_diff(loss_ft.numpy(), loss_base.numpy(), k)
-    raise UserError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+        picked = baselines.topk_balanced(sub(grads.cosines()), sub(labels), k)
+    elif name == "loss-min":
+        picked = baselines.loss_min(sub(loss_ft), k)
+    elif name == "loss-max":
+        picked = baselines.loss_max(sub(loss_ft), k)
+    elif name == "loss-diff":
+        picked = baselines.loss_diff(sub(loss_ft), sub(loss_base), k)
+    else:
+        raise UserError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    picked.indices = keep[picked.indices].tolist()
+    return picked
 
 
 def needs_gradients(strategies: list[str]) -> bool:

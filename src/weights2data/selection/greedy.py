@@ -316,20 +316,22 @@ def greedy(
     seed: int = 0,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    exclude: torch.Tensor | None = None,
 ) -> Selection:
     """Pick k rows of `grads` (P, N, d) by the SELECT greedy; `reset_every` = b gives
     select-batched (S restarts every b picks). Ties go to the lower row number.
 
     `grads` is a tensor (any float dtype, any device) or a `Rows` (an on-disk store). The
     arithmetic is float64 for float64 input and float32 otherwise (`dtype` overrides);
-    `device` defaults to the tensor's.
+    `device` defaults to the tensor's. `exclude` (N,) bool marks rows never to pick.
     """
     if method not in METHODS:
         raise ValueError(f"unknown greedy method {method!r}; choose from {', '.join(METHODS)}")
     rows = as_rows(grads)
     p, n, _ = rows.shape
-    if not 1 <= k <= n:
-        raise ValueError(f"k = {k} must be between 1 and the number of rows ({n})")
+    free = n if exclude is None else n - int(exclude.sum())
+    if not 1 <= k <= free:
+        raise ValueError(f"k = {k} must be between 1 and the number of pickable rows ({free})")
     if device is None:
         device = rows.t.device if isinstance(rows, TensorRows) else torch.device("cpu")
     device = torch.device(device)
@@ -341,7 +343,9 @@ def greedy(
     elif method == "lazy":
         state = _Lazy(*args, k=k)
     else:
-        state = _Stochastic(*args, size=stochastic_size(n, k, epsilon), seed=seed)
+        state = _Stochastic(*args, size=stochastic_size(free, k, epsilon), seed=seed)
+    if exclude is not None:
+        state.taken |= exclude.to(device)  # never picked, never added to S
     picks, gains, curve = [], [], []
     for step in tqdm(range(k), desc=f"select ({method})", disable=not progress, unit="pick"):
         if reset_every and step and step % reset_every == 0:
