@@ -201,11 +201,16 @@ def run_demo(
         return [r["index"] for r in rows[name][:k]]  # greedy, top-k, loss: prefixes of K_max
 
     def oracle_picks(k: int, seed: int) -> list[int]:
-        return np.random.default_rng(seed).choice(len(train_texts), min(k, len(train_texts)),
-                                                  replace=False).tolist()
+        # a prefix of one permutation, so the smaller K's documents are among the larger K's
+        return np.random.default_rng(seed).permutation(len(train_texts))[:k].tolist()
+
+    def job_file(name: str, k: int, seed: int) -> str:
+        # Keyed by what was trained on, so a different K_max or corpus never reuses a stale value.
+        idx = oracle_picks(k, seed) if name == "oracle" else picks(name, k, seed)
+        return f"{slug(name)}-k{k}-s{seed}-{fingerprint([recipe_for(sizes, k).to_dict(), idx])}.json"
 
     jobs = [(name, k, s) for k in sizes.ks for name in [*rows, "oracle"] for s in range(sizes.seeds)]
-    todo = [j for j in jobs if not (evals / _job_file(*j, sizes)).exists()]
+    todo = [j for j in jobs if not (evals / job_file(*j)).exists()]
     bar = tqdm(jobs, desc="retrain", disable=not progress, unit="model")
     for name, k, s in bar:
         bar.set_postfix_str(f"{name} K={k} seed={s}", refresh=True)
@@ -223,7 +228,7 @@ def run_demo(
             return retrain(setup_for(run), texts, labels, recipe_for(sizes, k), [s],
                            test_texts, test_labels)["values"][0]
 
-        cached_value(_job_file(name, k, s, sizes).removesuffix(".json"), compute)
+        cached_value(job_file(name, k, s).removesuffix(".json"), compute)
     if todo:
         stages.seconds[f"retrain + measure ({len(todo)} models)"] = round(
             time.perf_counter() - start, 1)
@@ -260,7 +265,7 @@ def run_demo(
             emb = embed(name, [corpus_rows[i]["text"] for i in full])
         per_k = {}
         for k in sizes.ks:
-            values = [_read_json(evals / _job_file(name, k, s, sizes))["value"]
+            values = [_read_json(evals / job_file(name, k, s))["value"]
                       for s in range(sizes.seeds)]
             entry = {**summarise(values), "ot": ot_distance(emb[:k], true_emb)}
             if name == "oracle":
@@ -306,11 +311,6 @@ def run_demo(
         "cache": str(work),
         "versions": output.versions(),
     }
-
-
-def _job_file(name: str, k: int, seed: int, sizes: Sizes) -> str:
-    recipe = recipe_for(sizes, k).to_dict()
-    return f"{slug(name)}-k{k}-s{seed}-{fingerprint(recipe)}.json"
 
 
 def _work_key(hidden: Hidden, sizes: Sizes) -> dict:

@@ -33,7 +33,9 @@ def topk_balanced(cos: np.ndarray, labels: np.ndarray, k: int) -> Selection:
 
 
 def random(n: int, k: int, seed: int) -> Selection:
-    idx = np.random.default_rng(seed).choice(n, size=k, replace=False).tolist()
+    """k rows uniformly without replacement: a prefix of one seeded permutation, so a smaller
+    K's draw is the start of a larger K's (like every other strategy's picks)."""
+    idx = np.random.default_rng(seed).permutation(n)[:k].tolist()
     return Selection("random", idx, [0.0] * k)
 
 
