@@ -135,7 +135,7 @@ def run_demo(
 
     k_max = max(sizes.ks)
     variants = {name: opts for name, opts in sizes.variants.items()
-                if not (lm and "head_init" in opts)}
+                if not (lm and ("head_init" in opts or "min_confidence" in opts))}
     runs: dict[str, Run] = {}
     select_opts = {"": {}} | variants
     for name, opts in select_opts.items():

@@ -16,7 +16,9 @@ def select_variants(checkpoints: int) -> dict[str, dict]:
     names = {1: "select P=1 (θ0 only)", 3: "select P=3", 5: "select P=5"}
     out = {name: {"checkpoints": p} for p, name in names.items() if p != checkpoints}
     out["select grad at θf"] = {"grad_at": "finetuned"}
-    out["select head init zeros"] = {"head_init": "zeros"}  # classification only
+    # classification only:
+    out["select head init zeros"] = {"head_init": "zeros"}
+    out["select θf-confident (p ≥ 0.9)"] = {"min_confidence": 0.9}
     return out
 
 
@@ -64,10 +66,10 @@ def classify_sizes(preset: str) -> Sizes:
         return _smoke()
     if preset == "quick":
         return Sizes({"wikipedia": 800, "news": 800, "tweets": 400}, ks=[200], seeds=1,
-                     epochs=3, expert_epochs=1)
+                     epochs=3, expert_epochs=2)
     if preset == "default":
         return Sizes({"wikipedia": 3000, "news": 3000, "tweets": 2000}, ks=[200], seeds=2,
-                     epochs=3, expert_epochs=1)
+                     epochs=3, expert_epochs=2)
     if preset == "full":
         full = Sizes({"wikipedia": 7000, "news": 7000, "tweets": 6000}, ks=[100, 200, 500, 1000],
                      seeds=3, max_length=96)
