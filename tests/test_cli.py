@@ -79,6 +79,7 @@ def test_min_confidence_keeps_only_documents_the_finetune_is_sure_of(bert_run, c
     scores = pq.read_table(out / "scores.parquet").to_pandas()
     sure = set(scores["index"][np.exp(-scores["loss_finetuned"]) >= 0.6])
     assert manifest["eligible_documents"] == len(sure) < 45
+    assert "were eligible" in capsys.readouterr().out
     for name in ("select", "topk-balanced", "random"):
         rows = [json.loads(line)["index"] for line in open(out / f"selected-{name}.jsonl")]
         assert len(rows) == 5 and set(rows) <= sure, name

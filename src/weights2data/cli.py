@@ -88,6 +88,9 @@ def _run_select(args) -> None:
 
 def summary(result) -> str:
     lines = [f"wrote {result.config.out}  ({result.info['documents']} documents, task {result.task})"]
+    if "eligible_documents" in result.info:
+        lines.append(f"  {result.info['eligible_documents']} documents with θf confidence ≥ "
+                     f"{result.config.selection.min_confidence} were eligible")
     for stage, secs in result.info["timings_s"].items():
         lines.append(f"  {stage:<24}{secs:>9.1f} s")
     for name, sel in result.selections.items():
