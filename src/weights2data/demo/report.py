@@ -26,7 +26,8 @@ def table(results: dict) -> str:
     conf_col = any("label_confidence" in e for _, per_k in results["strategies"].items()
                    for e in per_k.values())
     width = 37 if conf_col else 26
-    head = f"{'strategy':<26}" + "".join(f"{'K=' + k:>{width}}" for k in ks)
+    name_w = max(26, *(len(n) + 2 for n, _ in _rows(results)))
+    head = f"{'strategy':<{name_w}}" + "".join(f"{'K=' + k:>{width}}" for k in ks)
     lines = [f"{results['task']}: {unit} ± sd over {results['sizes']['seeds']} seed(s); "
              "OT = distance to the true training data (lower is closer)"
              + ("; conf = θf's mean probability of the autolabels trained on" if conf_col else ""),
@@ -38,10 +39,10 @@ def table(results: dict) -> str:
             conf = "" if not conf_col else (f"  conf {e['label_confidence']:.2f}"
                                             if "label_confidence" in e else "           ")
             cells.append(f"{e['mean']:6.1f} ± {e['sd']:4.1f}  OT {e['ot']:5.3f}{conf}")
-        lines.append(f"{name:<26}" + "".join(f"{c:>{width}}" for c in cells))
+        lines.append(f"{name:<{name_w}}" + "".join(f"{c:>{width}}" for c in cells))
     for name in ("expert", "base"):
         label = f"{name} ({'θf' if name == 'expert' else 'θ0'})"
-        lines.append(f"{label:<26}" + f"{results[name]:6.1f}".ljust(width - 3).rjust(width))
+        lines.append(f"{label:<{name_w}}" + f"{results[name]:6.1f}".ljust(width - 3).rjust(width))
     return "\n".join(lines)
 
 

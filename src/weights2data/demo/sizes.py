@@ -84,15 +84,15 @@ def lm_sizes(preset: str) -> Sizes:
         return _smoke()
     if preset == "quick":
         return Sizes({"wikipedia": 300, "news": 300, "tweets": 200}, ks=[100], seeds=1,
-                     max_length=48, checkpoints=1, epochs=2, lr=5e-4, expert_epochs=2,
+                     max_length=48, epochs=2, lr=5e-4, expert_epochs=2,
                      expert_lr=5e-4, train_docs=300, test_docs=100, layers=4)
     if preset == "default":
         return Sizes({"wikipedia": 800, "news": 800, "tweets": 400}, ks=[200], seeds=2,
-                     max_length=48, checkpoints=1, epochs=2, lr=5e-4, expert_epochs=2,
+                     max_length=48, epochs=2, lr=5e-4, expert_epochs=2,
                      expert_lr=5e-4, train_docs=600, test_docs=200, layers=4)
     if preset == "full":
         full = Sizes({"wikipedia": 7000, "news": 7000, "tweets": 6000}, ks=[100, 200, 500, 1000],
-                     seeds=3, max_length=96, checkpoints=1, lr=5e-4, expert_epochs=2,
+                     seeds=3, max_length=96, lr=5e-4, expert_epochs=2,
                      expert_lr=5e-4, layers=8)
         full.variants = select_variants(full.checkpoints)
         return full
