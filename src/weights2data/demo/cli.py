@@ -26,7 +26,8 @@ def add_parser(sub) -> None:
                       help="the whole grid: ~20k documents, K in 100..1000, 3 seeds, SELECT variants")
     p.add_argument("--variants", action="store_true",
                    help="also run the SELECT variants of --full (the other P of 1, 3, 5; gradients "
-                   "at θf; zero head init) at this preset's sizes")
+                   "at θf; classification: zero head init, --min-confidence 0.9) at this "
+                   "preset's sizes")
     p.add_argument("--seeds", type=int, help="override the number of training seeds")
     p.add_argument("--k", type=int, nargs="+", help="override the K values")
     p.add_argument("--leak", type=float, default=0.0,

@@ -34,9 +34,10 @@ def run_strategy(
 
     `greedy_method` (exact / lazy / stochastic), `epsilon` and `device` apply to the greedy.
     `eligible` (N,) bool restricts every strategy to those rows; indices stay corpus rows."""
-    n = n if n is not None else len(loss_ft)
+    if n is None:
+        n = grads.grads.shape[1] if grads is not None else len(loss_ft)
     keep = np.arange(n) if eligible is None else np.flatnonzero(eligible)
-    if len(keep) < k:
+    if eligible is not None and len(keep) < k:
         raise UserError(f"only {len(keep)} documents are eligible (--min-confidence), "
                         f"fewer than --k {k}")
     if name in ("select", "select-batched"):
