@@ -65,7 +65,7 @@ def run_demo_cli(args) -> None:
     preset = "quick" if args.quick else "full" if args.full else "default"
     sizes = (classify_sizes if args.task == "classify" else lm_sizes)(preset)
     if args.variants:
-        sizes.variants = select_variants(sizes.checkpoints)
+        sizes.variants = select_variants(sizes.checkpoints, classify=args.task == "classify")
     if args.seeds is not None:
         if args.seeds < 1:
             raise UserError("--seeds must be at least 1")

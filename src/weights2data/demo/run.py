@@ -134,8 +134,7 @@ def run_demo(
                lambda: _train_expert(hidden, sizes, base_dir, expert_dir, progress))
 
     k_max = max(sizes.ks)
-    variants = {name: opts for name, opts in sizes.variants.items()
-                if not (lm and ("head_init" in opts or "min_confidence" in opts))}
+    variants = sizes.variants
     runs: dict[str, Run] = {}
     select_opts = {"": {}} | variants
     for name, opts in select_opts.items():

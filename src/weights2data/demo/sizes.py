@@ -10,13 +10,15 @@ LM_STRATEGIES = ["select", "random", "loss-min", "loss-diff"]
 
 
 
-def select_variants(checkpoints: int) -> dict[str, dict]:
+def select_variants(checkpoints: int, classify: bool = True) -> dict[str, dict]:
     """The SELECT variants of the --full grid, beside a main run at P = `checkpoints`:
-    name -> options passed to `select` on top of the main run's."""
+    name -> options passed to `select` on top of the main run's. Head init and the
+    confidence filter only exist for classification."""
     names = {1: "select P=1 (θ0 only)", 3: "select P=3", 5: "select P=5"}
     out = {name: {"checkpoints": p} for p, name in names.items() if p != checkpoints}
     out["select grad at θf"] = {"grad_at": "finetuned"}
-    # classification only:
+    if not classify:
+        return out
     out["select head init zeros"] = {"head_init": "zeros"}
     out["select θf-confident (p ≥ 0.9)"] = {"min_confidence": 0.9}
     return out
@@ -94,6 +96,6 @@ def lm_sizes(preset: str) -> Sizes:
         full = Sizes({"wikipedia": 7000, "news": 7000, "tweets": 6000}, ks=[100, 200, 500, 1000],
                      seeds=3, max_length=96, lr=5e-4, expert_epochs=2,
                      expert_lr=5e-4, layers=8)
-        full.variants = select_variants(full.checkpoints)
+        full.variants = select_variants(full.checkpoints, classify=False)
         return full
     raise ValueError(f"unknown preset {preset!r}")
