@@ -1,6 +1,7 @@
 """`weights2data select` end to end on tiny models, and its one-line errors."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -150,3 +151,24 @@ def test_label_words_must_be_single_tokens(tmp_path, capsys):
     corpus = str(tiny.write_jsonl(tiny.corpus(6), tmp_path / "c.jsonl"))
     code = _select(base, ft, corpus, tmp_path / "o", "--k", "2", "--labels", "sport", "xylophonist")
     _expect_error(capsys, code, "label word 'xylophonist' is not a single token")
+
+
+
+def test_select_runs_without_pot_or_matplotlib(bert_run, tmp_path):
+    """Libraries of evaluation and reports, broken or missing, must not stop a selection."""
+    _, base, ft, corpus = bert_run
+    broken = tmp_path / "broken"
+    for name in ("ot", "matplotlib"):
+        (broken / name).mkdir(parents=True)
+        (broken / name / "__init__.py").write_text(f"raise ImportError('{name} is broken here')\n")
+    env = {**os.environ, "PYTHONPATH": str(broken)}
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "weights2data", *args], capture_output=True,
+                              text=True, timeout=300, env=env)
+
+    assert run("select", "--help").returncode == 0
+    done = run("select", "--base", base, "--finetuned", ft, "--corpus", corpus, "--k", "5",
+               "--out", str(tmp_path / "out"), "--quiet", "--strategy", "select", "random")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "selected-select.jsonl").is_file()

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 from tqdm.auto import tqdm
 
 from ..config import UserError
@@ -49,6 +48,8 @@ def correlations(proxy: list[float], trained: list[float]) -> dict[str, float | 
         raise ValueError("series differ in length")
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return {"pearson": None, "pearson_p": None, "spearman": None, "spearman_p": None, "n": len(x)}
+    from scipy import stats  # only where correlations are computed
+
     p = stats.pearsonr(x, y)
     s = stats.spearmanr(x, y)
     return {"pearson": float(p.statistic), "pearson_p": float(p.pvalue),

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import ot
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
@@ -94,6 +93,8 @@ def ot_distance(
 ) -> float:
     """Optimal-transport cost between two embedded sets: uniform weights, squared Euclidean
     cost, exact EMD (ot.emd2) unless either side has more than `sinkhorn_above` rows."""
+    import ot  # POT only where it is used: selection must not need it
+
     if len(a) == 0 or len(b) == 0:
         raise ValueError("OT distance needs two non-empty sets")
     a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
