@@ -1,12 +1,15 @@
 """Lazy greedy = exact greedy, on any storage dtype; stochastic greedy is seeded and close."""
 
+import importlib
+import os
+
 import numpy as np
 import pytest
 import torch
 
 from weights2data.selection import greedy
 from weights2data.selection.greedy import stochastic_size
-from weights2data.selection.rows import ArrayRows
+from weights2data.selection.rows import ArrayRows, TensorRows, available_memory, half_dots
 
 
 def _problem(p, n, d, seed, dtype=torch.float32):
@@ -92,3 +95,137 @@ def test_bad_arguments():
         greedy(grads, align, sqnorm, qn, 11)
     with pytest.raises(ValueError, match="epsilon"):
         stochastic_size(10, 3, 1.5)
+
+
+class _Recording(TensorRows):
+    """In-memory rows that record every gather, and the matmul precision at that moment."""
+
+    def __init__(self, t):
+        super().__init__(t)
+        self.taken, self.precision = [], []
+
+    def take(self, idx, dtype, device):
+        self.taken.append(idx.clone())
+        self.precision.append((torch.backends.cuda.matmul.fp32_precision,
+                               torch.backends.mkldnn.matmul.fp32_precision))
+        return super().take(idx, dtype, device)
+
+
+def test_stochastic_scores_every_decile_alike():
+    """Each step must draw uniformly among the unpicked rows: per index decile, the number of
+    times a row is scored matches its expectation within 4.5 standard deviations."""
+    n, k, eps = 10_000, 400, 0.01
+    grads, align, sqnorm, qn = _problem(1, n, 8, seed=11)
+    exclude = torch.zeros(n, dtype=torch.bool)
+    exclude[torch.randperm(n, generator=torch.Generator().manual_seed(0))[:2000]] = True
+    rows = _Recording(grads)
+    sel = greedy(rows, align, sqnorm, qn, k, method="stochastic", epsilon=eps, seed=3,
+                 exclude=exclude)
+    size = sel.stats["rows_per_step"]
+    decile = torch.arange(n) * 10 // n
+    seen, mean, var = torch.zeros(10), torch.zeros(10), torch.zeros(10)
+    taken, sizes = exclude.clone(), set()
+    for step, pick in enumerate(sel.indices):
+        if step:  # step 0 scores with S = 0 and gathers nothing; later steps gather, then pick
+            scored, picked = rows.taken[2 * step - 1], rows.taken[2 * step]
+            assert int(picked) == pick
+            sizes.add(len(scored))
+            seen += torch.bincount(decile[scored], minlength=10)
+            free = torch.bincount(decile[~taken], minlength=10).double()
+            f, share = free.sum(), free / free.sum()
+            mean += size * share  # hypergeometric: size draws without replacement from f rows
+            var += size * share * (1 - share) * (f - size) / (f - 1)
+        taken[pick] = True
+    z = (seen - mean) / var.sqrt()
+    assert z.abs().max() < 4.5, z  # p < 1e-4 over the 10 deciles if the draw is uniform
+    assert sizes == {size}
+
+
+def test_float32_products_are_ieee_inside_the_greedy_and_restored_after():
+    """TF32 (GPU) or bfloat16 (CPU) float32 products would change picks, so the greedy turns
+    them off for its own products and gives the caller's setting back."""
+    grads, align, sqnorm, qn = _problem(1, 200, 16, seed=4)
+    before = torch.backends.mkldnn.matmul.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    try:
+        rows = _Recording(grads)
+        greedy(rows, align, sqnorm, qn, 5)
+        assert rows.precision and set(rows.precision) == {("ieee", "ieee")}
+        assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+    finally:
+        torch.backends.mkldnn.matmul.fp32_precision, torch.backends.cuda.matmul.fp32_precision = before
+
+
+def test_ties_go_to_the_lowest_row():
+    grads, align, sqnorm, qn = _problem(1, 50, 8, seed=6)
+    best = greedy(grads, align, sqnorm, qn, 1).indices[0]
+    for t in (grads, align, sqnorm):
+        t[:, 40] = t[:, best]  # an identical copy of the first pick, further down
+    sel = greedy(grads, align, sqnorm, qn, 2)
+    low, high = sorted([best, 40])
+    assert sel.indices[0] == low
+
+
+def test_resident_matrix_is_scored_in_one_product(monkeypatch):
+    """A matrix already on the compute device in the compute dtype is never cut into blocks
+    (on a GPU each block costs launches and a per-block Python round trip)."""
+    grads, align, sqnorm, qn = _problem(2, 3000, 24, seed=8)
+    expected = greedy(grads, align, sqnorm, qn, 10).indices
+
+    def no_blocks(*args):
+        raise AssertionError("a resident matrix was read block by block")
+
+    monkeypatch.setattr(TensorRows, "blocks", no_blocks)
+    assert greedy(grads, align, sqnorm, qn, 10).indices == expected
+
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_half_rows_scored_without_widening_match_float32(monkeypatch, half):
+    """The accelerator path scores a half-precision matrix from its half-precision rows:
+    S is split into three half-precision parts whose products are exact in float32. Run here
+    on the CPU with the same arithmetic (CUDA's float32-output product, emulated)."""
+    grads, align, sqnorm, qn = _problem(2, 2000, 64, seed=9, dtype=half)
+    wide = grads.float()
+    g = torch.Generator().manual_seed(2)
+    for magnitude in (1e-3, 1.0, 1e6):  # S beyond float16's range is scaled into it
+        s = torch.randn(2, 64, generator=g) * magnitude
+        exact = torch.einsum("pnd,pd->pn", wide.double(), s.double())
+        bound = 64 * 2.0**-24 * wide.double().norm(dim=2) * s.double().norm(dim=1, keepdim=True)
+        assert ((half_dots(grads, s) - exact).abs() <= bound).all()
+    expected = greedy(wide, align, sqnorm, qn, 25)
+    monkeypatch.setattr("weights2data.selection.rows.split_pays", lambda t, dtype: True)
+    assert greedy(grads, align, sqnorm, qn, 25).indices == expected.indices
+
+
+def _memmap_rows(tmp_path, grads, bounds):
+    arrays = []
+    for k, (a, b) in enumerate(bounds):
+        mm = np.lib.format.open_memmap(tmp_path / f"{k}.npy", "w+", np.float32, tuple(grads[:, a:b].shape))
+        mm[:] = grads[:, a:b].numpy()
+        mm.flush()
+        arrays.append(np.load(tmp_path / f"{k}.npy", mmap_mode="r"))
+    return ArrayRows(arrays, torch.float32)
+
+
+def test_store_that_fits_is_read_once_else_streamed(tmp_path, monkeypatch):
+    grads, align, sqnorm, qn = _problem(2, 1200, 32, seed=10)
+    rows = _memmap_rows(tmp_path, grads, [(0, 500), (500, 1200)])
+    monkeypatch.setattr("weights2data.selection.rows.BLOCK_BYTES", 32 * 2 * 4 * 100)  # 100-row blocks
+    reads = []
+    real = ArrayRows._tensor
+    monkeypatch.setattr(ArrayRows, "_tensor", lambda self, a: reads.append(a.shape[1]) or real(self, a))
+    expected = greedy(grads, align, sqnorm, qn, 20).indices
+    assert greedy(rows, align, sqnorm, qn, 20).indices == expected
+    assert sum(reads) == 1200  # every row read once, into memory
+    reads.clear()
+    module = importlib.import_module("weights2data.selection.greedy")  # the name is the function
+    monkeypatch.setattr(module, "available_memory", lambda: rows.nbytes())
+    assert greedy(rows, align, sqnorm, qn, 20).indices == expected
+    assert sum(reads) > 18 * 1200  # too big for half the free memory: one read per pick
+
+
+def test_available_memory_is_plausible():
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert 0 < available_memory() <= total

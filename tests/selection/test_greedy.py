@@ -41,12 +41,12 @@ def _greedy(grads, q, k, reset_every=None, dtype=torch.float64):
     g = grads.to(dtype)
     align = torch.einsum("pnd,pd->pn", grads, q)
     sqnorm = grads.square().sum(-1)
-    assert torch.allclose(q.norm(dim=1), q.norm(dim=1)[0].expand(len(q))) or True
     return greedy(g, align, sqnorm, _qnorm(q), k, reset_every)
 
 
 def _qnorm(q):
-    # greedy takes one ‖q‖ (the target is the same at every checkpoint)
+    # greedy takes one ‖q‖: the target is the same at every checkpoint
+    assert torch.equal(q, q[:1].expand_as(q))
     return float(q[0].norm())
 
 

@@ -21,13 +21,14 @@ and one c of the picked row), so `lazy` reproduces `exact` bit for bit.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .result import Selection
-from .rows import Rows, TensorRows, as_rows
+from .rows import Rows, TensorRows, as_rows, available_memory, dots
 
 METHODS = ("exact", "lazy", "stochastic")
 _FIRST = 64  # rows refreshed first in a lazy step (the best bounds)
@@ -38,11 +39,6 @@ def _scores(sq, ss, c, align, sqnorm, target_norm) -> torch.Tensor:
     denom = target_norm * (ss.unsqueeze(1) + 2 * c + sqnorm).clamp_min(0).sqrt()
     cos = torch.where(denom > 0, (sq.unsqueeze(1) + align) / denom.clamp_min(1e-30), 0.0)
     return cos.mean(0)
-
-
-def _dots(rows: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """⟨g_ji, S_j⟩ for a (P, m, d) block; (P, m)."""
-    return torch.bmm(rows, s.unsqueeze(2)).squeeze(2)
 
 
 class _Greedy:
@@ -65,47 +61,43 @@ class _Greedy:
         self.fresh = True
 
     def full_pass(self) -> torch.Tensor:
-        """c = G·S for every row, block by block; (P, N)."""
-        c = torch.empty(self.sqnorm.shape, dtype=self.dtype, device=self.device)
-        for start, block in self.rows.blocks(self.dtype, self.device):
-            c[:, start : start + block.shape[1]] = _dots(block, self.s)
-        return c
+        """c = G·S for every row; (P, N)."""
+        return self.rows.dots(self.s, self.dtype, self.device)
 
     def scores(self, c, idx=None) -> torch.Tensor:
         a = self.align if idx is None else self.align[:, idx]
         n = self.sqnorm if idx is None else self.sqnorm[:, idx]
         return _scores(self.sq, self.ss, c, a, n, self.qn)
 
-    def pick(self, i: int) -> None:
-        g = self.rows.take(torch.tensor([i]), self.dtype, self.device)  # (P, 1, d)
-        c_i = _dots(g, self.s)[:, 0]
+    def pick(self, i: torch.Tensor) -> None:
+        """Add row i (a 0-d tensor on the device: no host synchronisation) to B and S."""
+        g = self.rows.take(i.view(1), self.dtype, self.device)  # (P, 1, d)
+        c_i = dots(g, self.s)[:, 0]
         self.taken[i] = True
         self.sq += self.align[:, i]
         self.ss += 2 * c_i + self.sqnorm[:, i]
         self.s += g[:, 0]
         self.fresh = False
 
-    def cos(self) -> float:
+    def cos(self) -> torch.Tensor:
         norm = self.qn * self.ss.clamp_min(0).sqrt()
-        return float(torch.where(norm > 0, self.sq / norm.clamp_min(1e-30), 0.0).mean())
+        return torch.where(norm > 0, self.sq / norm.clamp_min(1e-30), 0.0).mean()
 
-    def argmax(self) -> tuple[int, float]:
+    def argmax(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row, its score), both 0-d tensors on the device."""
         raise NotImplementedError
 
 
-def _best(score: torch.Tensor) -> tuple[int, float]:
-    """argmax with ties to the lowest position (torch.argmax does not promise which)."""
-    top = score.max()
-    i = int(torch.nonzero(score == top)[0, 0])
-    return i, float(top)
+def _best(score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """argmax with ties to the lowest position (documented for torch.argmax), on the device."""
+    i = torch.argmax(score)
+    return i, score[i]
 
 
 class _Exact(_Greedy):
     def argmax(self):
         c = torch.zeros_like(self.sqnorm) if self.fresh else self.full_pass()
-        score = self.scores(c)
-        score[self.taken] = -torch.inf
-        return _best(score)
+        return _best(self.scores(c).masked_fill_(self.taken, -torch.inf))
 
 
 class _Lazy(_Greedy):
@@ -203,7 +195,7 @@ class _Lazy(_Greedy):
         return (term * 2 * self.rel * self.root_n[:, idx] * snorm / den).mean(0)
 
     def _refresh(self, idx: torch.Tensor) -> None:
-        self.c[:, idx] = _dots(self.rows.take(idx, self.dtype, self.device), self.s)
+        self.c[:, idx] = dots(self.rows.take(idx, self.dtype, self.device), self.s)
         self.epoch[idx] = self.t
         self.refreshed += len(idx)
 
@@ -255,7 +247,7 @@ class _Lazy(_Greedy):
         rival[j] = -torch.inf
         if bool((rival >= floor).any()):
             return self._exact_step()
-        return int(cand[j]), float(score[j])
+        return cand[j], score[j]
 
 
 class _Stochastic(_Greedy):
@@ -264,24 +256,22 @@ class _Stochastic(_Greedy):
         self.size = size
         self.rng = np.random.default_rng(seed)
 
+    def candidates(self) -> torch.Tensor:
+        """`size` rows drawn uniformly without replacement among the unpicked ones, sorted."""
+        free = torch.nonzero(~self.taken).squeeze(1)
+        if self.size >= len(free):
+            return free
+        draw = np.sort(self.rng.choice(len(free), size=self.size, replace=False))
+        return free[torch.from_numpy(draw).to(self.device)]
+
     def argmax(self):
-        n = len(self.taken)
-        free = n - int(self.taken.sum())
-        if self.size >= free:
-            idx = torch.nonzero(~self.taken).squeeze(1)
-        else:
-            # a little over `size` draws, so that enough survive dropping the picked rows
-            extra = math.ceil(self.size * (n - free) / free) + 16
-            draw = self.rng.choice(n, size=min(n, self.size + extra), replace=False)
-            draw.sort()
-            idx = torch.from_numpy(draw).to(self.device)
-            idx = idx[~self.taken[idx]][: self.size]
+        idx = self.candidates()
         if self.fresh:
             c = torch.zeros(len(self.sq), len(idx), dtype=self.dtype, device=self.device)
         else:
-            c = _dots(self.rows.take(idx, self.dtype, self.device), self.s)
+            c = dots(self.rows.take(idx, self.dtype, self.device), self.s)
         i, score = _best(self.scores(c, idx))
-        return int(idx[i]), score
+        return idx[i], score
 
 
 def stochastic_size(n: int, k: int, epsilon: float) -> int:
@@ -291,15 +281,38 @@ def stochastic_size(n: int, k: int, epsilon: float) -> int:
     return max(1, math.ceil(n / k * math.log(1 / epsilon)))
 
 
+# Share of the free memory the whole matrix may take to be held there: on a GPU the rest is
+# the O(N) state; in RAM the rest is also everything else the process and the machine run.
+FIT = {"cuda": 0.7, "cpu": 0.5}
+
+
 def _place(rows: Rows, device: torch.device) -> Rows:
-    """Put the whole matrix on an accelerator once when it fits, else stream blocks."""
-    if device.type != "cuda" or (isinstance(rows, TensorRows) and rows.t.device == device):
+    """Hold the whole matrix on the compute device when it fits, so that a store is read
+    once rather than once per pick; otherwise stream it in blocks."""
+    if isinstance(rows, TensorRows) and rows.t.device == device:
         return rows
-    free, _ = torch.cuda.mem_get_info(device)
-    size = rows.t.nbytes if isinstance(rows, TensorRows) else rows.nbytes()
-    if size < 0.7 * free:
-        return TensorRows(rows.t.to(device)) if isinstance(rows, TensorRows) else rows.load(device)
-    return rows
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    elif device.type == "cpu":
+        free = available_memory()
+    else:
+        return rows
+    return rows.to(device) if rows.nbytes() < FIT[device.type] * free else rows
+
+
+@contextmanager
+def _ieee_float32():
+    """float32 products in full float32 (no TF32 on GPUs, no bfloat16 on CPUs) while the
+    greedy runs, whatever the caller set; the caller's setting is restored afterwards."""
+    backends = [torch.backends.cuda.matmul, torch.backends.mkldnn.matmul]
+    before = [b.fp32_precision for b in backends]
+    try:
+        for b in backends:
+            b.fp32_precision = "ieee"
+        yield
+    finally:
+        for b, value in zip(backends, before):
+            b.fp32_precision = value
 
 
 @torch.no_grad()
@@ -338,26 +351,29 @@ def greedy(
     rows = _place(rows, device)
     dtype = dtype or (torch.float64 if rows.dtype == torch.float64 else torch.float32)
     args = (rows, align, sqnorm, target_norm, dtype, device)
-    if method == "exact":
-        state = _Exact(*args)
-    elif method == "lazy":
-        state = _Lazy(*args, k=k)
-    else:
-        state = _Stochastic(*args, size=stochastic_size(free, k, epsilon), seed=seed)
-    if exclude is not None:
-        state.taken |= exclude.to(device)  # never picked, never added to S
-    picks, gains, curve = [], [], []
-    for step in tqdm(range(k), desc=f"select ({method})", disable=not progress, unit="pick"):
-        if reset_every and step and step % reset_every == 0:
-            state.reset()
-        i, gain = state.argmax()
-        state.pick(i)
-        picks.append(i)
-        gains.append(gain)
-        curve.append(state.cos())
+    with _ieee_float32():
+        if method == "exact":
+            state = _Exact(*args)
+        elif method == "lazy":
+            state = _Lazy(*args, k=k)
+        else:
+            state = _Stochastic(*args, size=stochastic_size(free, k, epsilon), seed=seed)
+        if exclude is not None:
+            state.taken |= exclude.to(device)  # never picked, never added to S
+        # Picks, scores and the curve stay on the device until the end: no per-pick sync.
+        picks, gains, curve = [], [], []
+        for step in tqdm(range(k), desc=f"select ({method})", disable=not progress, unit="pick"):
+            if reset_every and step and step % reset_every == 0:
+                state.reset()
+            i, gain = state.argmax()
+            state.pick(i)
+            picks.append(i)
+            gains.append(gain)
+            curve.append(state.cos())
     stats = {"method": method}
     if isinstance(state, _Lazy):
         stats.update(full_passes=state.full_passes, rows_refreshed=state.refreshed)
     if isinstance(state, _Stochastic):
         stats.update(epsilon=epsilon, rows_per_step=state.size)
+    picks, gains, curve = (torch.stack(x).tolist() for x in (picks, gains, curve))
     return Selection("select-batched" if reset_every else "select", picks, gains, curve, stats)
