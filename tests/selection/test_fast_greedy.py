@@ -61,8 +61,13 @@ def test_half_precision_memory_map_in_blocks(tmp_path, monkeypatch, dtype):
     rows = ArrayRows(arrays, dtype)
     monkeypatch.setattr("weights2data.selection.rows.BLOCK_BYTES", 40 * 2 * 4 * 128)  # 128-row blocks
     in_memory = greedy(grads, align, sqnorm, qn, 25, method="exact")
-    for method in ("exact", "lazy"):
-        assert greedy(rows, align, sqnorm, qn, 25, method=method).indices == in_memory.indices
+    assert torch.equal(rows.to(torch.device("cpu")).t, grads)  # read into memory bit for bit
+    module = importlib.import_module("weights2data.selection.greedy")
+    for free in (None, 0):  # the store read into memory once; streamed in blocks every pass
+        if free == 0:
+            monkeypatch.setattr(module, "available_memory", lambda: 0)
+        for method in ("exact", "lazy"):
+            assert greedy(rows, align, sqnorm, qn, 25, method=method).indices == in_memory.indices
 
 
 def test_stochastic_is_seeded_and_near_exact():
@@ -213,17 +218,26 @@ def test_store_that_fits_is_read_once_else_streamed(tmp_path, monkeypatch):
     grads, align, sqnorm, qn = _problem(2, 1200, 32, seed=10)
     rows = _memmap_rows(tmp_path, grads, [(0, 500), (500, 1200)])
     monkeypatch.setattr("weights2data.selection.rows.BLOCK_BYTES", 32 * 2 * 4 * 100)  # 100-row blocks
-    reads = []
-    real = ArrayRows._tensor
-    monkeypatch.setattr(ArrayRows, "_tensor", lambda self, a: reads.append(a.shape[1]) or real(self, a))
+    calls = {"to": 0, "blocks": 0}
+
+    def counted(name):
+        real = getattr(ArrayRows, name)
+
+        def wrapper(self, *args):
+            calls[name] += 1
+            return real(self, *args)
+        return wrapper
+
+    for name in calls:
+        monkeypatch.setattr(ArrayRows, name, counted(name))
     expected = greedy(grads, align, sqnorm, qn, 20).indices
     assert greedy(rows, align, sqnorm, qn, 20).indices == expected
-    assert sum(reads) == 1200  # every row read once, into memory
-    reads.clear()
+    assert calls == {"to": 1, "blocks": 0}  # read into memory once, never streamed
     module = importlib.import_module("weights2data.selection.greedy")  # the name is the function
     monkeypatch.setattr(module, "available_memory", lambda: rows.nbytes())
+    calls.update(to=0, blocks=0)
     assert greedy(rows, align, sqnorm, qn, 20).indices == expected
-    assert sum(reads) > 18 * 1200  # too big for half the free memory: one read per pick
+    assert calls == {"to": 0, "blocks": 19}  # over half the free memory: one pass per pick
 
 
 def test_available_memory_is_plausible():

@@ -27,7 +27,8 @@ class Rows:
     dtype: torch.dtype  # storage dtype
 
     def blocks(self, dtype: torch.dtype, device: torch.device) -> Iterator[tuple[int, torch.Tensor]]:
-        """(first row, (P, b, d) block) over all rows, in order, b fixed except the last."""
+        """(first row, (P, b, d) block) over all rows, in order, b fixed except the last.
+        A block may live in a buffer that the next one reuses: use it before asking for more."""
         raise NotImplementedError
 
     def take(self, idx: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -114,8 +115,9 @@ class TensorRows(Rows):
 
     def blocks(self, dtype, device):
         step = self.block_rows(dtype)
+        buf = _Buffer(self.shape, step, dtype, device)
         for start in range(0, self.shape[1], step):
-            yield start, self.t[:, start : start + step].to(device, dtype)
+            yield start, buf.fill(self.t[:, start : start + step])
 
     def dots(self, s, dtype, device):
         if self.t.device == device and self.t.dtype == dtype:  # one product, no copies
@@ -151,9 +153,12 @@ class ArrayRows(Rows):
 
     def blocks(self, dtype, device):
         step = self.block_rows(dtype)
+        host = _Buffer(self.shape, step, self.dtype, torch.device("cpu"))
+        buf = _Buffer(self.shape, step, dtype, device)
         for k, a in enumerate(self.arrays):
             for start in range(0, a.shape[1], step):
-                yield int(self.starts[k]) + start, self._tensor(a[:, start : start + step]).to(device, dtype)
+                raw = host.fill_from(a[:, start : start + step])
+                yield int(self.starts[k]) + start, buf.fill(raw)
 
     def take(self, idx, dtype, device):
         idx = idx.cpu().numpy()
@@ -173,11 +178,38 @@ class ArrayRows(Rows):
     def to(self, device):
         """Read every shard once into one tensor on `device` (no second host copy)."""
         out = torch.empty(self.shape, dtype=self.dtype, device=device)
-        for k, (start, stop) in enumerate(zip(self.starts[:-1], self.starts[1:])):
-            for s in range(0, stop - start, self.block_rows(self.dtype)):
-                e = min(stop - start, s + self.block_rows(self.dtype))
-                out[:, start + s : start + e] = self._tensor(self.arrays[k][:, s:e]).to(device)
+        if device.type == "cpu":
+            for a, start, stop in zip(self.arrays, self.starts[:-1], self.starts[1:]):
+                _numpy(out[:, start:stop])[...] = a.view(_numpy(out).dtype)
+            return TensorRows(out)
+        for start, block in self.blocks(self.dtype, device):
+            out[:, start : start + block.shape[1]] = block
         return TensorRows(out)
+
+
+class _Buffer:
+    """One block-sized tensor, refilled for every block: a fresh 64 MiB allocation per block
+    would page-fault its way through every pass (5x the cost of the copy, measured in a VM)."""
+
+    def __init__(self, shape, rows: int, dtype: torch.dtype, device: torch.device):
+        self.t = torch.empty(shape[0], min(rows, shape[1]), shape[2], dtype=dtype, device=device)
+
+    def fill(self, src: torch.Tensor) -> torch.Tensor:
+        if src.dtype == self.t.dtype and src.device == self.t.device:
+            return src  # already as wanted: a view, no copy
+        out = self.t[:, : src.shape[1]]
+        return out.copy_(src)
+
+    def fill_from(self, a: np.ndarray) -> torch.Tensor:
+        """A numpy block (a memory map's slice) copied in, without a temporary."""
+        out = self.t[:, : a.shape[1]]
+        _numpy(out)[...] = a.view(_numpy(out).dtype)
+        return out
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of a CPU tensor; bfloat16 (which numpy lacks) as its 16 bits."""
+    return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
 
 
 def as_rows(x) -> Rows:
