@@ -130,9 +130,12 @@ class _Lazy(_Greedy):
         self.snaps = torch.zeros(2 * k + 1, *self.s.shape, dtype=self.dtype, device=self.device)
         self.t = 0  # snaps[t] is the current S
         self.epoch = torch.zeros(n, dtype=torch.long, device=self.device)  # snap of each row's c
-        # Two kernels summing d products in different orders differ by far less than this
-        # fraction of ‖g_i‖·‖S‖: it covers rounding in stale c and in the bound itself.
-        self.rel = 1e-5 if self.dtype != torch.float64 else 1e-12
+        # A d-term dot product in this dtype is off by at most γ_d·‖g_i‖·‖S‖ (Higham,
+        # γ_d = d·u/(1 − d·u), u the unit roundoff), whatever the kernel's summation order:
+        # it covers rounding in stale c and in the bound itself.
+        u = torch.finfo(self.dtype).eps / 2
+        d = self.s.shape[1]
+        self.rel = d * u / (1 - d * u)
         self.full_passes = 0
         self.refreshed = 0
         # Where the bound does not separate the candidates (every pick reshuffles the
