@@ -52,9 +52,9 @@ def _add_select(sub) -> None:
     p.add_argument("--store-dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                    help="how the store keeps gradient vectors (default float32)")
     p.add_argument("--shard-size", type=int, default=4096, help="documents per store shard")
-    p.add_argument("--greedy", choices=["exact", "lazy", "stochastic"], default="exact",
-                   help="select: exact (one pass per pick), lazy (same picks, skips rows that "
-                        "provably cannot win), stochastic (scores (N/K)·ln(1/ε) random rows per pick)")
+    p.add_argument("--greedy", choices=["exact", "stochastic"], default="exact",
+                   help="select: exact (one pass per pick), stochastic (scores (N/K)·ln(1/ε) "
+                        "random rows per pick)")
     p.add_argument("--epsilon", type=float, default=0.01, help="--greedy stochastic: ε (default 0.01)")
     p.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
                    help="classification: pick only among documents whose autolabel θf gives at "

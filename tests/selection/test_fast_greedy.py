@@ -1,4 +1,5 @@
-"""Lazy greedy = exact greedy, on any storage dtype; stochastic greedy is seeded and close."""
+"""The greedy on any storage (memory, memory map, half precision), its speed paths, and the
+stochastic greedy (seeded, uniform, close to exact)."""
 
 import importlib
 import os
@@ -28,37 +29,24 @@ def _problem(p, n, d, seed, dtype=torch.float32):
     return grads, align, exact.square().sum(-1), float(q.norm())
 
 
-@pytest.mark.parametrize("p,reset", [(1, None), (3, None), (2, 7)])
-def test_lazy_picks_exactly_what_exact_picks(p, reset):
-    grads, align, sqnorm, qn = _problem(p, 3000, 96, seed=p)
-    exact = greedy(grads, align, sqnorm, qn, 40, reset, method="exact")
-    lazy = greedy(grads, align, sqnorm, qn, 40, reset, method="lazy")
-    assert lazy.indices == exact.indices
-    assert lazy.curve == exact.curve
-    # the bound must actually skip work, or the test proves nothing about it
-    assert lazy.stats["full_passes"] < 40 // 2
-
-
-def test_lazy_matches_on_projected_rows():
-    # sqnorm is the exact (unprojected) norm, rows are a random projection of it
-    grads, align, sqnorm, qn = _problem(2, 2000, 256, seed=5)
-    proj = torch.randn(256, 32, generator=torch.Generator().manual_seed(1)) / 32**0.5
-    small = grads @ proj
-    exact = greedy(small, align, sqnorm, qn, 30, method="exact")
-    assert greedy(small, align, sqnorm, qn, 30, method="lazy").indices == exact.indices
+def _memmap_rows(tmp_path, grads, bounds) -> ArrayRows:
+    """`grads` written as one .npy shard per (start, stop) and memory-mapped back, as a store
+    keeps them (bfloat16 as its uint16 bits)."""
+    arrays = []
+    for k, (a, b) in enumerate(bounds):
+        part = grads[:, a:b]
+        raw = (part.view(torch.uint16) if grads.dtype == torch.bfloat16 else part).numpy()
+        mm = np.lib.format.open_memmap(tmp_path / f"{k}.npy", "w+", raw.dtype, raw.shape)
+        mm[:] = raw
+        mm.flush()
+        arrays.append(np.load(tmp_path / f"{k}.npy", mmap_mode="r"))
+    return ArrayRows(arrays, grads.dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_memory_map_in_blocks(tmp_path, monkeypatch, dtype):
     grads, align, sqnorm, qn = _problem(2, 1500, 40, seed=3, dtype=dtype)
-    arrays = []
-    for k, (a, b) in enumerate([(0, 600), (600, 1100), (1100, 1500)]):  # three shards
-        raw = grads[:, a:b].view(torch.uint16) if dtype == torch.bfloat16 else grads[:, a:b]
-        mm = np.lib.format.open_memmap(tmp_path / f"{k}.npy", "w+", raw.numpy().dtype, tuple(raw.shape))
-        mm[:] = raw.numpy()
-        mm.flush()
-        arrays.append(np.load(tmp_path / f"{k}.npy", mmap_mode="r"))
-    rows = ArrayRows(arrays, dtype)
+    rows = _memmap_rows(tmp_path, grads, [(0, 600), (600, 1100), (1100, 1500)])  # three shards
     monkeypatch.setattr("weights2data.selection.rows.BLOCK_BYTES", 40 * 2 * 4 * 128)  # 128-row blocks
     in_memory = greedy(grads, align, sqnorm, qn, 25, method="exact")
     assert torch.equal(rows.to(torch.device("cpu")).t, grads)  # read into memory bit for bit
@@ -66,8 +54,7 @@ def test_half_precision_memory_map_in_blocks(tmp_path, monkeypatch, dtype):
     for free in (None, 0):  # the store read into memory once; streamed in blocks every pass
         if free == 0:
             monkeypatch.setattr(module, "available_memory", lambda: 0)
-        for method in ("exact", "lazy"):
-            assert greedy(rows, align, sqnorm, qn, 25, method=method).indices == in_memory.indices
+        assert greedy(rows, align, sqnorm, qn, 25).indices == in_memory.indices
 
 
 def test_stochastic_is_seeded_and_near_exact():
@@ -202,16 +189,6 @@ def test_half_rows_scored_without_widening_match_float32(monkeypatch, half):
     expected = greedy(wide, align, sqnorm, qn, 25)
     monkeypatch.setattr("weights2data.selection.rows.split_pays", lambda t, dtype: True)
     assert greedy(grads, align, sqnorm, qn, 25).indices == expected.indices
-
-
-def _memmap_rows(tmp_path, grads, bounds):
-    arrays = []
-    for k, (a, b) in enumerate(bounds):
-        mm = np.lib.format.open_memmap(tmp_path / f"{k}.npy", "w+", np.float32, tuple(grads[:, a:b].shape))
-        mm[:] = grads[:, a:b].numpy()
-        mm.flush()
-        arrays.append(np.load(tmp_path / f"{k}.npy", mmap_mode="r"))
-    return ArrayRows(arrays, torch.float32)
 
 
 def test_store_that_fits_is_read_once_else_streamed(tmp_path, monkeypatch):

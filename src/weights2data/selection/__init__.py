@@ -32,7 +32,7 @@ def run_strategy(
 ) -> Selection:
     """Run one strategy of method.md; inputs a strategy does not use may be None.
 
-    `greedy_method` (exact / lazy / stochastic), `epsilon` and `device` apply to the greedy.
+    `greedy_method` (exact / stochastic), `epsilon` and `device` apply to the greedy.
     `eligible` (N,) bool restricts every strategy to those rows; indices stay corpus rows."""
     if n is None:
         n = grads.grads.shape[1] if grads is not None else len(loss_ft)
