@@ -157,8 +157,17 @@ def _place(rows: Rows, device: torch.device) -> Rows:
 def _ieee_float32():
     """float32 products in full float32 (no TF32 on GPUs, no bfloat16 on CPUs) while the
     greedy runs, whatever the caller set; the caller's setting is restored afterwards."""
-    backends = [torch.backends.cuda.matmul, torch.backends.mkldnn.matmul]
-    before = [b.fp32_precision for b in backends]
+    cuda, mkldnn = torch.backends.cuda.matmul, getattr(torch.backends.mkldnn, "matmul", None)
+    if not hasattr(cuda, "fp32_precision"):  # torch < 2.9: only the legacy switch exists
+        before = cuda.allow_tf32
+        cuda.allow_tf32 = False
+        try:
+            yield
+        finally:
+            cuda.allow_tf32 = before
+        return
+    backends = [b for b in (cuda, mkldnn) if hasattr(b, "fp32_precision")]
+    before = [b.fp32_precision for b in backends]  # the new API only: mixing the two raises
     try:
         for b in backends:
             b.fp32_precision = "ieee"
