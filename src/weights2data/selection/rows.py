@@ -100,9 +100,9 @@ def _fp32_out(device: torch.device) -> bool:
 
 
 def split_pays(t: torch.Tensor, dtype: torch.dtype) -> bool:
-    """Score a resident half-precision matrix by `half_dots` (on accelerators) rather than
-    widening it block by block (CPUs, where widening costs no extra pass over memory)."""
-    return t.dtype in HALF and dtype == torch.float32 and t.device.type != "cpu"
+    """Score a resident half-precision matrix by `half_dots` where the device has a
+    half-in, float32-out product (GPUs), rather than widening it block by block (CPUs)."""
+    return t.dtype in HALF and dtype == torch.float32 and _fp32_out(t.device)
 
 
 class TensorRows(Rows):
@@ -115,7 +115,7 @@ class TensorRows(Rows):
 
     def blocks(self, dtype, device):
         step = self.block_rows(dtype)
-        buf = _Buffer(self.shape, step, dtype, device)
+        buf = _Buffer(dtype, device)
         for start in range(0, self.shape[1], step):
             yield start, buf.fill(self.t[:, start : start + step])
 
@@ -153,8 +153,7 @@ class ArrayRows(Rows):
 
     def blocks(self, dtype, device):
         step = self.block_rows(dtype)
-        host = _Buffer(self.shape, step, self.dtype, torch.device("cpu"))
-        buf = _Buffer(self.shape, step, dtype, device)
+        host, buf = _Buffer(self.dtype, torch.device("cpu")), _Buffer(dtype, device)
         for k, a in enumerate(self.arrays):
             for start in range(0, a.shape[1], step):
                 raw = host.fill_from(a[:, start : start + step])
@@ -191,18 +190,22 @@ class _Buffer:
     """One block-sized tensor, refilled for every block: a fresh 64 MiB allocation per block
     would page-fault its way through every pass (5x the cost of the copy, measured in a VM)."""
 
-    def __init__(self, shape, rows: int, dtype: torch.dtype, device: torch.device):
-        self.t = torch.empty(shape[0], min(rows, shape[1]), shape[2], dtype=dtype, device=device)
+    def __init__(self, dtype: torch.dtype, device: torch.device):
+        self.dtype, self.device, self.t = dtype, device, None
+
+    def _out(self, shape) -> torch.Tensor:
+        if self.t is None:  # the first block is the largest
+            self.t = torch.empty(*shape, dtype=self.dtype, device=self.device)
+        return self.t[:, : shape[1]]
 
     def fill(self, src: torch.Tensor) -> torch.Tensor:
-        if src.dtype == self.t.dtype and src.device == self.t.device:
+        if src.dtype == self.dtype and src.device == self.device:
             return src  # already as wanted: a view, no copy
-        out = self.t[:, : src.shape[1]]
-        return out.copy_(src)
+        return self._out(src.shape).copy_(src)
 
     def fill_from(self, a: np.ndarray) -> torch.Tensor:
         """A numpy block (a memory map's slice) copied in, without a temporary."""
-        out = self.t[:, : a.shape[1]]
+        out = self._out(a.shape)
         _numpy(out)[...] = a.view(_numpy(out).dtype)
         return out
 
