@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from weights2data.selection import greedy
 from weights2data.selection.greedy import stochastic_size
@@ -170,6 +171,30 @@ def test_resident_matrix_is_scored_in_one_product(monkeypatch):
 
     monkeypatch.setattr(TensorRows, "blocks", no_blocks)
     assert greedy(grads, align, sqnorm, qn, 10).indices == expected
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts reads of a tensor's value on the host (item(), int(), float(), a 0-d index):
+    each one is a wait for the GPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+def test_exact_greedy_reads_nothing_back_per_pick():
+    """The pick loop never waits for the device: host reads do not grow with K."""
+    grads, align, sqnorm, qn = _problem(2, 500, 16, seed=12)
+    reads = {}
+    for k in (5, 25):
+        with _HostReads() as mode:
+            greedy(grads, align, sqnorm, qn, k, reset_every=4)
+        reads[k] = mode.count
+    assert reads[5] == reads[25], reads
 
 
 @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])

@@ -73,12 +73,14 @@ class _Greedy:
         return _scores(self.sq, self.ss, c, a, n, self.qn)
 
     def pick(self, i: torch.Tensor) -> None:
-        """Add row i (a 0-d tensor on the device: no host synchronisation) to B and S."""
-        g = self.rows.take(i.view(1), self.dtype, self.device)  # (P, 1, d)
+        """Add row i (a 0-d tensor on the device) to B and S. Indexing with a 0-d tensor
+        would read it on the host (a sync per pick), so a 1-element index is used."""
+        i = i.view(1)
+        g = self.rows.take(i, self.dtype, self.device)  # (P, 1, d)
         c_i = dots(g, self.s)[:, 0]
-        self.taken[i] = True
-        self.sq += self.align[:, i]
-        self.ss += 2 * c_i + self.sqnorm[:, i]
+        self.taken.index_fill_(0, i, True)
+        self.sq += self.align.index_select(1, i)[:, 0]
+        self.ss += 2 * c_i + self.sqnorm.index_select(1, i)[:, 0]
         self.s += g[:, 0]
         self.fresh = False
 
@@ -92,9 +94,11 @@ class _Greedy:
 
 
 def _best(score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """argmax with ties to the lowest position (documented for torch.argmax), on the device."""
-    i = torch.argmax(score)
-    return i, score[i]
+    """(position, value) of the maximum, ties to the lowest position (documented for
+    torch.max), as new 0-d tensors on the device: `score[i]` would read i on the host and
+    keep all of `score` alive as a view, one per pick."""
+    top, i = score.max(dim=0)
+    return i, top
 
 
 class _Exact(_Greedy):
@@ -110,12 +114,26 @@ class _Stochastic(_Greedy):
         self.rng = np.random.default_rng(seed)
 
     def candidates(self) -> torch.Tensor:
-        """`size` rows drawn uniformly without replacement among the unpicked ones, sorted."""
+        """`size` rows drawn uniformly without replacement among the unpicked ones, sorted.
+
+        A shuffled draw over all rows, with the picked ones dropped, is in random order a
+        uniform sample of the unpicked rows, so its first `size` are one too (sorting before
+        cutting, as this did once, keeps the low row numbers). Listing the unpicked rows
+        instead would cost a pass over N per step."""
+        n = len(self.taken)
+        free = n - int(self.taken.sum())
+        if self.size < free:
+            extra = math.ceil(self.size * (n - free) / free) + 16  # enough survive, on average
+            draw = torch.from_numpy(self.rng.choice(n, size=min(n, self.size + extra), replace=False))
+            idx = draw.to(self.device)
+            idx = idx[~self.taken[idx]]
+            if len(idx) >= self.size:
+                return idx[: self.size].sort().values
         free = torch.nonzero(~self.taken).squeeze(1)
         if self.size >= len(free):
             return free
-        draw = np.sort(self.rng.choice(len(free), size=self.size, replace=False))
-        return free[torch.from_numpy(draw).to(self.device)]
+        return free[torch.from_numpy(np.sort(self.rng.choice(len(free), self.size, replace=False)))
+                    .to(self.device)]
 
     def argmax(self):
         idx = self.candidates()
@@ -124,7 +142,7 @@ class _Stochastic(_Greedy):
         else:
             c = dots(self.rows.take(idx, self.dtype, self.device), self.s)
         i, score = _best(self.scores(c, idx))
-        return idx[i], score
+        return idx.take(i), score
 
 
 def stochastic_size(n: int, k: int, epsilon: float) -> int:
@@ -221,17 +239,18 @@ def greedy(
         if exclude is not None:
             state.taken |= exclude.to(device)  # never picked, never added to S
         # Picks, scores and the curve stay on the device until the end: no per-pick sync.
-        picks, gains, curve = [], [], []
+        # Written into preallocated tensors: K small tensors kept alive between the large
+        # per-pick temporaries fragment the heap (RSS grew by 5 MB per pick, measured).
+        picks = torch.empty(k, dtype=torch.long, device=device)
+        gains, curve = torch.empty(2, k, dtype=dtype, device=device)
         for step in tqdm(range(k), desc=f"select ({method})", disable=not progress, unit="pick"):
             if reset_every and step and step % reset_every == 0:
                 state.reset()
             i, gain = state.argmax()
             state.pick(i)
-            picks.append(i)
-            gains.append(gain)
-            curve.append(state.cos())
+            picks[step], gains[step], curve[step] = i, gain, state.cos()
     stats = {"method": method}
     if isinstance(state, _Stochastic):
         stats.update(epsilon=epsilon, rows_per_step=state.size)
-    picks, gains, curve = (torch.stack(x).tolist() for x in (picks, gains, curve))
+    picks, gains, curve = picks.tolist(), gains.tolist(), curve.tolist()
     return Selection("select-batched" if reset_every else "select", picks, gains, curve, stats)
