@@ -50,12 +50,24 @@ def test_half_precision_memory_map_in_blocks(tmp_path, monkeypatch, dtype):
     rows = _memmap_rows(tmp_path, grads, [(0, 600), (600, 1100), (1100, 1500)])  # three shards
     monkeypatch.setattr("weights2data.selection.rows.BLOCK_BYTES", 40 * 2 * 4 * 128)  # 128-row blocks
     in_memory = greedy(grads, align, sqnorm, qn, 25, method="exact")
-    assert torch.equal(rows.to(torch.device("cpu")).t, grads)  # read into memory bit for bit
+    cpu = torch.device("cpu")
+    assert torch.equal(rows.to(cpu).t, grads)  # read into memory bit for bit
+    assert torch.equal(rows.to(cpu, torch.float32).t, grads.float())  # or widened
     module = importlib.import_module("weights2data.selection.greedy")
-    for free in (None, 0):  # the store read into memory once; streamed in blocks every pass
-        if free == 0:
-            monkeypatch.setattr(module, "available_memory", lambda: 0)
-        assert greedy(rows, align, sqnorm, qn, 25).indices == in_memory.indices
+    placed = []
+    place = module._place
+    monkeypatch.setattr(module, "_place", lambda *a: placed.append(place(*a)) or placed[-1])
+    # What the greedy holds (None: streams the store): the store and the tensor, widened to
+    # float32 when that fits; as stored when only that fits; the store streamed otherwise.
+    only_stored = 1.5 * rows.nbytes() / module.FIT["cpu"]
+    for free, from_store, from_tensor in [(None, torch.float32, torch.float32),
+                                          (only_stored, dtype, dtype), (0, None, dtype)]:
+        if free is not None:
+            monkeypatch.setattr(module, "available_memory", lambda free=free: free)
+        for source, expected in ((rows, from_store), (grads, from_tensor)):
+            assert greedy(source, align, sqnorm, qn, 25).indices == in_memory.indices
+            held = placed[-1]
+            assert (held.t.dtype if isinstance(held, TensorRows) else None) == expected
 
 
 def test_stochastic_is_seeded_and_near_exact():

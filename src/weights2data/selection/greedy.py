@@ -157,18 +157,24 @@ def stochastic_size(n: int, k: int, epsilon: float) -> int:
 FIT = {"cuda": 0.7, "cpu": 0.5}
 
 
-def _place(rows: Rows, device: torch.device) -> Rows:
+def _place(rows: Rows, device: torch.device, dtype: torch.dtype) -> Rows:
     """Hold the whole matrix on the compute device when it fits, so that a store is read
-    once rather than once per pick; otherwise stream it in blocks."""
-    if isinstance(rows, TensorRows) and rows.t.device == device:
-        return rows
+    once rather than once per pick; otherwise stream it in blocks. On a GPU it keeps its
+    storage dtype (half-precision rows are scored as they are, at half the bytes); in RAM
+    it is widened to the compute dtype when that fits too (a CPU would otherwise widen
+    every block of every pass: 1.5x the time of a float32 pass, measured)."""
     if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
+        free, wants = torch.cuda.mem_get_info(device)[0], [rows.dtype]
     elif device.type == "cpu":
-        free = available_memory()
+        free, wants = available_memory(), [dtype, rows.dtype]
     else:
         return rows
-    return rows.to(device) if rows.nbytes() < FIT[device.type] * free else rows
+    for want in dict.fromkeys(wants):
+        if isinstance(rows, TensorRows) and rows.t.device == device and rows.t.dtype == want:
+            return rows
+        if rows.nbytes() // rows.dtype.itemsize * want.itemsize < FIT[device.type] * free:
+            return rows.to(device, want)
+    return rows
 
 
 @contextmanager
@@ -228,8 +234,8 @@ def greedy(
     if device is None:
         device = rows.t.device if isinstance(rows, TensorRows) else torch.device("cpu")
     device = torch.device(device)
-    rows = _place(rows, device)
     dtype = dtype or (torch.float64 if rows.dtype == torch.float64 else torch.float32)
+    rows = _place(rows, device, dtype)
     args = (rows, align, sqnorm, target_norm, dtype, device)
     with _ieee_float32():
         if method == "exact":

@@ -38,8 +38,8 @@ class Rows:
     def nbytes(self) -> int:
         raise NotImplementedError
 
-    def to(self, device: torch.device) -> TensorRows:
-        """The whole matrix in one tensor on `device`, in the storage dtype."""
+    def to(self, device: torch.device, dtype: torch.dtype | None = None) -> TensorRows:
+        """The whole matrix in one tensor on `device`, in `dtype` (default: the storage's)."""
         raise NotImplementedError
 
     def dots(self, s: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -132,8 +132,8 @@ class TensorRows(Rows):
     def nbytes(self) -> int:
         return self.t.nbytes
 
-    def to(self, device):
-        return TensorRows(self.t.to(device))
+    def to(self, device, dtype=None):
+        return TensorRows(self.t.to(device, dtype or self.dtype))
 
 
 class ArrayRows(Rows):
@@ -174,14 +174,15 @@ class ArrayRows(Rows):
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.arrays)
 
-    def to(self, device):
+    def to(self, device, dtype=None):
         """Read every shard once into one tensor on `device` (no second host copy)."""
-        out = torch.empty(self.shape, dtype=self.dtype, device=device)
-        if device.type == "cpu":
+        dtype = dtype or self.dtype
+        out = torch.empty(self.shape, dtype=dtype, device=device)
+        if device.type == "cpu" and dtype == self.dtype:
             for a, start, stop in zip(self.arrays, self.starts[:-1], self.starts[1:]):
                 _numpy(out[:, start:stop])[...] = a.view(_numpy(out).dtype)
             return TensorRows(out)
-        for start, block in self.blocks(self.dtype, device):
+        for start, block in self.blocks(dtype, device):
             out[:, start : start + block.shape[1]] = block
         return TensorRows(out)
 
