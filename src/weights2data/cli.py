@@ -9,17 +9,12 @@ from .ablate.cli import add_parser as add_ablate
 from .config import STRATEGIES, UserError
 from .demo import cli as demo_cli
 from .evaluation import cli as evaluation_cli
+from .proportions.cli import add_parser as add_mixture
 
 
-def _add_select(sub) -> None:
-    p = sub.add_parser("select", help="recover fine-tuning data: pick K corpus documents")
-    p.add_argument("--base", required=True, help="base checkpoint: HF folder or hub id")
-    p.add_argument("--finetuned", required=True, help="fine-tuned checkpoint, or a PEFT adapter folder")
-    p.add_argument("--corpus", required=True, help="jsonl/csv/parquet file or folder, or a saved dataset")
-    p.add_argument("--k", type=int, required=True, help="documents to select")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--strategy", nargs="+", default=["select"], choices=STRATEGIES, metavar="S",
-                   help=f"one or more of: {', '.join(STRATEGIES)} (default: select)")
+def add_extraction_options(p) -> None:
+    """Options on how θ0 and θf are read and how gradients are taken: shared by `select` and
+    `mixture` (the fields of ModelConfig, CorpusConfig and GradientConfig but the paths)."""
     p.add_argument("--task", choices=["classify-head", "classify-tokens", "lm"],
                    help="task framing (default: detected from the checkpoint)")
     p.add_argument("--labels", nargs="+", help="classify-tokens: the label words, in class order")
@@ -38,7 +33,6 @@ def _add_select(sub) -> None:
     p.add_argument("--projection-dim", type=int, default=4096)
     p.add_argument("--exact-max", type=int, default=65_536,
                    help="keep gradients exact up to this many entries (default 65536)")
-    p.add_argument("--reset-every", type=int, help="select-batched: picks per batch (default K/10)")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--limit", type=int, help="use only the first N corpus rows")
@@ -52,6 +46,32 @@ def _add_select(sub) -> None:
     p.add_argument("--store-dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                    help="how the store keeps gradient vectors (default float32)")
     p.add_argument("--shard-size", type=int, default=4096, help="documents per store shard")
+
+
+def extraction_kwargs(args) -> dict:
+    """The make_config keywords of add_extraction_options' options."""
+    return dict(
+        task=args.task, labels=args.labels, prompt_template=args.prompt_template,
+        text_column=args.text_column, gguf_file=args.gguf_file, head_init=args.head_init,
+        checkpoints=args.checkpoints, grad_at=args.grad_at, projection=args.projection,
+        projection_dim=args.projection_dim, exact_max=args.exact_max, max_length=args.max_length,
+        batch_size=args.batch_size, limit=args.limit, seed=args.seed, device=args.device,
+        dtype=args.dtype, store=args.store, store_dtype=args.store_dtype,
+        shard_size=args.shard_size,
+    )
+
+
+def _add_select(sub) -> None:
+    p = sub.add_parser("select", help="recover fine-tuning data: pick K corpus documents")
+    p.add_argument("--base", required=True, help="base checkpoint: HF folder or hub id")
+    p.add_argument("--finetuned", required=True, help="fine-tuned checkpoint, or a PEFT adapter folder")
+    p.add_argument("--corpus", required=True, help="jsonl/csv/parquet file or folder, or a saved dataset")
+    p.add_argument("--k", type=int, required=True, help="documents to select")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--strategy", nargs="+", default=["select"], choices=STRATEGIES, metavar="S",
+                   help=f"one or more of: {', '.join(STRATEGIES)} (default: select)")
+    add_extraction_options(p)
+    p.add_argument("--reset-every", type=int, help="select-batched: picks per batch (default K/10)")
     p.add_argument("--greedy", choices=["exact", "lazy", "stochastic"], default="exact",
                    help="select: exact (one pass per pick), lazy (same picks, skips rows that "
                         "provably cannot win), stochastic (scores (N/K)·ln(1/ε) random rows per pick)")
@@ -69,15 +89,9 @@ def _run_select(args) -> None:
 
     cfg = make_config(
         base=args.base, finetuned=args.finetuned, corpus=args.corpus, k=args.k, out=args.out,
-        strategies=args.strategy, task=args.task, labels=args.labels,
-        prompt_template=args.prompt_template, text_column=args.text_column,
-        gguf_file=args.gguf_file, head_init=args.head_init, checkpoints=args.checkpoints,
-        grad_at=args.grad_at, projection=args.projection, projection_dim=args.projection_dim,
-        exact_max=args.exact_max, reset_every=args.reset_every, max_length=args.max_length,
-        batch_size=args.batch_size, limit=args.limit, seed=args.seed, device=args.device,
-        dtype=args.dtype, overwrite=args.overwrite, store=args.store, store_dtype=args.store_dtype,
-        shard_size=args.shard_size, greedy=args.greedy, epsilon=args.epsilon,
-        min_confidence=args.min_confidence,
+        strategies=args.strategy, reset_every=args.reset_every, overwrite=args.overwrite,
+        greedy=args.greedy, epsilon=args.epsilon, min_confidence=args.min_confidence,
+        **extraction_kwargs(args),
     )
     if not 0 < args.epsilon < 1:
         raise UserError("--epsilon must be between 0 and 1")
@@ -109,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation_cli.add_parser(sub)
     demo_cli.add_parser(sub)
     add_ablate(sub)
+    add_mixture(sub)
     return parser
 
 
