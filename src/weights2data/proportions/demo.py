@@ -35,26 +35,33 @@ class MixtureSizes:
     """Everything that sets the demo's cost; recorded in results.json."""
 
     seeds: int = 3
-    mixtures: int = 5  # per seed, drawn from Dirichlet(alpha)
+    mixtures: int = 4  # per seed, drawn from Dirichlet(alpha)
     alpha: float = 1.0
-    train_docs: int = 128  # documents in each fine-tune's training set
-    steps: int = 16  # fine-tune: AdamW, batch 8, lr 5e-4 (one epoch of train_docs)
+    train_docs: int = 64  # documents in each fine-tune's training set
+    steps: int = 8  # fine-tune: AdamW, batch 8, lr 5e-4: one epoch of train_docs
     batch_size: int = 8
     lr: float = 5e-4
-    estimate_docs: int = 24  # per source, in the estimation corpus
+    estimate_docs: int = 16  # per source, in the estimation corpus
     max_length: int = 32
     checkpoints: int = 3  # select's default P
     layers: int = 4
     heal_steps: int = 30
+    # Estimator knobs, chosen on seeds 100-102 (never on the reported seeds 0-2); they are
+    # applied when summarising, so they are not part of a cached run's fingerprint.
     k_fraction: float = 0.25  # SELECT / top-k picks, as a share of the estimation corpus
-    other_below: float = 0.5
+    debias: bool = True
+
+    def run_tag(self) -> str:
+        """What a cached mixture run depends on."""
+        skip = ("seeds", "mixtures", "k_fraction", "debias")
+        return json.dumps({k: v for k, v in self.to_dict().items() if k not in skip}, sort_keys=True)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def sizes_for(preset: str) -> MixtureSizes:
-    if preset == "quick":
+    if preset == "quick":  # the first 2 mixtures of each seed of the default grid
         return MixtureSizes(seeds=3, mixtures=2)
     if preset == "default":
         return MixtureSizes()
@@ -134,13 +141,11 @@ def finetune(base: str, texts: list[str], sizes: MixtureSizes, seed: int, out: P
     return str(out)
 
 
-def prefix_shares(picked: list[int], domain: np.ndarray, k: int) -> dict[str, float]:
-    return est.pick_shares(picked[:k], domain, list(SOURCES), "").proportions
-
-
 def one_mixture(base: str, pools: dict, sizes: MixtureSizes, seed: int, index: int,
                 folder: Path, progress: bool) -> dict:
-    """Fine-tune on one drawn mixture and estimate it with every method."""
+    """Fine-tune on one drawn mixture and estimate it: the raw material of every method (both
+    gradient variants, the SELECT / top-k pick orders, the loss estimate), so the estimator
+    knobs can be chosen later without fine-tuning again."""
     from .pipeline import mixture
 
     rng = np.random.default_rng([seed, index])
@@ -157,36 +162,46 @@ def one_mixture(base: str, pools: dict, sizes: MixtureSizes, seed: int, index: i
     t0 = time.perf_counter()
     ft = finetune(base, texts, sizes, seed * 1000 + index, folder / "finetuned", progress)
     t_train = time.perf_counter() - t0
-    n = len(rows)
-    k = max(1, round(sizes.k_fraction * n))
-    k_max = max(k, n // 2)  # prefixes of the picks give the shares at smaller K too
-    res = mixture(base=base, finetuned=ft, corpus=str(corpus), domain_column="source", k=k_max,
-                  max_length=sizes.max_length, checkpoints=sizes.checkpoints, batch_size=16,
-                  bootstrap=100, other_below=sizes.other_below, seed=seed, progress=progress)
+    res = mixture(base=base, finetuned=ft, corpus=str(corpus), domain_column="source",
+                  k=len(rows) // 2, max_length=sizes.max_length, checkpoints=sizes.checkpoints,
+                  batch_size=16, bootstrap=100, seed=seed, progress=progress)
     shutil.rmtree(folder / "finetuned")
-    domain = np.asarray([SOURCES.index(r["source"]) for r in rows])
+    domain = np.asarray([res.domains.index(r["source"]) for r in rows])
+    grad = est.DomainRows.from_gradients(res.run.gradients, domain, res.domains)
+    variants = {}
+    for debias in (True, False):
+        e = est.gradient_estimate(grad, 100, 0.95, 0.0, seed, debias)
+        variants[f"debias={debias}"] = {"proportions": e.proportions, "low": e.low, "high": e.high}
     g = res.estimates["gradient"]
-    estimates = {
-        "gradient": g.proportions,
-        "select": prefix_shares(res.run.selections["select"].indices, domain, k),
-        "topk": prefix_shares(res.run.selections["topk"].indices, domain, k),
-        "loss": res.estimates["loss"].proportions,
-        "uniform": {s: 1 / len(SOURCES) for s in SOURCES},
-    }
-    by_k = {f"{m}@{f}": prefix_shares(res.run.selections[m].indices, domain,
-                                      max(1, round(f * n)))
-            for m in ("select", "topk") for f in (0.125, 0.25, 0.5)}
     return {
-        "seed": seed, "mixture": index, "truth": truth, "estimates": estimates,
-        "mae": {m: est.mean_absolute_error(p, truth) for m, p in estimates.items()},
-        "explained": g.extra["explained"], "other_added": g.extra["other_added"],
-        "gradient_without_other": dict(zip(g.extra["weights"], est.normalise(
-            np.asarray(list(g.extra["weights"].values()))).tolist())),
-        "interval": {"low": g.low, "high": g.high},
-        "picks_by_k": by_k, "k": k,
-        "timings_s": {"finetune": round(t_train, 1),
-                      "estimate": res.info["timings_s"]["total"]},
+        "seed": seed, "mixture": index, "truth": truth, "sources": [r["source"] for r in rows],
+        "gradient": variants, "explained": g.extra["explained"],
+        "picks": {m: res.run.selections[m].indices for m in ("select", "topk")},
+        "loss": res.estimates["loss"].proportions,
+        "timings_s": {"finetune": round(t_train, 1), "estimate": res.info["timings_s"]["total"]},
     }
+
+
+def estimates(run: dict, sizes: MixtureSizes) -> dict[str, dict[str, float]]:
+    """Each method's proportions for a stored run, under the current estimator knobs."""
+    domain = np.asarray([SOURCES.index(s) for s in run["sources"]])
+    k = max(1, round(sizes.k_fraction * len(domain)))
+    out = {"gradient": run["gradient"][f"debias={sizes.debias}"]["proportions"]}
+    for m in ("select", "topk"):
+        out[m] = est.pick_shares(run["picks"][m][:k], domain, list(SOURCES), m).proportions
+    out["loss"] = run["loss"]
+    out["uniform"] = {s: 1 / len(SOURCES) for s in SOURCES}
+    return out
+
+
+def scored(runs: list[dict], sizes: MixtureSizes) -> list[dict]:
+    """The runs with `estimates` and `mae` per method filled in."""
+    out = []
+    for r in runs:
+        e = estimates(r, sizes)
+        out.append({**r, "estimates": e,
+                    "mae": {m: est.mean_absolute_error(p, r["truth"]) for m, p in e.items()}})
+    return out
 
 
 def summarise(runs: list[dict], methods=METHODS) -> dict:
@@ -216,7 +231,7 @@ def table(summary: dict, n_seeds: int, n_mixtures: int) -> str:
     return "\n".join(lines)
 
 
-def report_html(results: dict) -> str:
+def report_html(results: dict, sizes: MixtureSizes) -> str:
     import html
 
     from .report import bar_chart_png
@@ -227,10 +242,11 @@ def report_html(results: dict) -> str:
                    for m, v in s.items())
     rows += "".join(f"<tr><td>WARP, published ({m})</td><td>{v:.3f}</td></tr>" for m, v in WARP.items())
     charts = "".join(
-        f"<p><img alt='mixture' src='data:image/png;base64,"
+        "<p><img alt='mixture' src='data:image/png;base64,"
         + bar_chart_png(list(SOURCES), {"truth": r["truth"], **{NAMES[m]: r["estimates"][m]
                                                                 for m in ("gradient", "select", "loss")}},
-                        {NAMES["gradient"]: (r["interval"]["low"], r["interval"]["high"])},
+                        {NAMES["gradient"]: (r["gradient"][f"debias={sizes.debias}"]["low"],
+                                             r["gradient"][f"debias={sizes.debias}"]["high"])},
                         f"seed {r['seed']}, mixture {r['mixture']} (fit explains "
                         f"{r['explained']:.0%} of ‖q‖²)")
         + "'></p>" for r in results["runs"])
@@ -260,8 +276,7 @@ def run_demo(out: str | Path, preset: str = "default", seeds: int | None = None,
     random.Random(0).shuffle(heal)
     base = base_model(cache, sizes, heal, progress)
     t_base = time.perf_counter() - start
-    tag = json.dumps({k: v for k, v in sizes.to_dict().items() if k not in ("seeds", "mixtures")},
-                     sort_keys=True)
+    tag = sizes.run_tag()
     runs = []
     for seed in range(first_seed, first_seed + sizes.seeds):
         for index in range(sizes.mixtures):
@@ -269,17 +284,21 @@ def run_demo(out: str | Path, preset: str = "default", seeds: int | None = None,
             if done.is_file() and json.loads(done.read_text()).get("sizes") == tag:
                 runs.append(json.loads(done.read_text())["result"])
                 continue
-            work = cache / "work"
+            work = cache / "work" / f"seed-{seed}-mixture-{index}"
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
             r = one_mixture(base, pools, sizes, seed, index, work, progress)
             done.parent.mkdir(parents=True, exist_ok=True)
             write_json(done, {"sizes": tag, "result": r})
             runs.append(r)
+            shutil.rmtree(work, ignore_errors=True)
+            s = scored([r], sizes)[0]
             print(f"seed {seed} mixture {index}: truth "
-                  + " ".join(f"{s} {r['truth'][s]:.2f}" for s in SOURCES) + " | MAE "
-                  + " ".join(f"{m} {r['mae'][m]:.3f}" for m in METHODS)
-                  + f" | explained {r['explained']:.2f}", flush=True)
+                  + " ".join(f"{n} {r['truth'][n]:.2f}" for n in SOURCES) + " | MAE "
+                  + " ".join(f"{m} {s['mae'][m]:.3f}" for m in METHODS)
+                  + f" | {r['timings_s']['finetune']:.0f} s fine-tune, "
+                  f"{r['timings_s']['estimate']:.0f} s estimate", flush=True)
+    runs = scored(runs, sizes)
     summary = summarise(runs)
     results = {
         "preset": preset, "sizes": sizes.to_dict(), "first_seed": first_seed, "runs": runs,
@@ -297,7 +316,7 @@ def run_demo(out: str | Path, preset: str = "default", seeds: int | None = None,
         "cpus": os.cpu_count(),
     }
     write_json(out / "results.json", results)
-    (out / "report.html").write_text(report_html(results))
+    (out / "report.html").write_text(report_html(results, sizes))
     print(table(summary, sizes.seeds, sizes.mixtures))
     print(f"({preset} preset, {results['timings_s']['total']:.0f} s, {os.cpu_count()} CPUs)  "
           f"wrote {out / 'results.json'} and {out / 'report.html'}")

@@ -55,15 +55,18 @@ class DomainRows:
 
     @classmethod
     def from_gradients(cls, grads: Gradients, domain: np.ndarray, names: list[str],
-                       weight: np.ndarray | None = None) -> DomainRows:
+                       weight: np.ndarray | None = None,
+                       checkpoints: list[int] | None = None) -> DomainRows:
+        """`checkpoints`: which of the P checkpoints to average (None: all)."""
         domain = np.asarray(domain)
+        use = list(range(grads.grads.shape[0])) if checkpoints is None else list(checkpoints)
         check_domains(domain, names)
         _, n, d = grads.grads.shape
         source = grads.grads if isinstance(grads.grads, Rows) else TensorRows(grads.grads)
         rows = np.empty((n, d), dtype=np.float32)
         for start, block in source.blocks(torch.float64, torch.device("cpu")):
-            rows[start:start + block.shape[1]] = block.mean(0).float().numpy()
-        align = torch.as_tensor(grads.align).double().mean(0).numpy()
+            rows[start:start + block.shape[1]] = block[use].mean(0).float().numpy()
+        align = torch.as_tensor(grads.align)[use].double().mean(0).numpy()
         weight = np.ones(n) if weight is None else np.asarray(weight, dtype=np.float64)
         return cls(list(names), domain, rows, align, weight,
                    torch.as_tensor(grads.target).double().numpy(), float(grads.target_norm) ** 2)
@@ -82,19 +85,28 @@ def check_domains(domain: np.ndarray, names: list[str]) -> None:
             raise UserError(f"domain {name!r} has no documents; give it some or leave it out")
 
 
-def _means(r: DomainRows, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Domain means (B, D, d) and exact alignments (B, D) for B resampling count vectors
-    (B, N): ḡ_d = Σ_{i∈d} c_i u_i x_i / Σ_{i∈d} c_i u_i."""
+def _means(r: DomainRows, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For B resampling count vectors (B, N): domain means ḡ_d = Σ_{i∈d} c_i u_i x_i / Σ c_i u_i
+    (B, D, d), their exact alignments with q (B, D), and the sampling variance of each mean,
+    E‖ḡ_d − μ_d‖² ≈ Σ v_i² ‖x_i − ḡ_d‖² / (Σ v_i)² · n/(n − 1) with v_i = c_i u_i (B, D)."""
     cw = counts * r.weight  # (B, N)
-    means = np.empty((len(cw), len(r.names), r.rows.shape[1]))
-    align = np.empty((len(cw), len(r.names)))
-    for k in range(len(r.names)):
+    b_, k_ = len(cw), len(r.names)
+    means, align, var = np.empty((b_, k_, r.rows.shape[1])), np.empty((b_, k_)), np.empty((b_, k_))
+    sq = np.einsum("nd,nd->n", r.rows, r.rows, dtype=np.float64)
+    for k in range(k_):
         rows = np.flatnonzero(r.domain == k)
         c = cw[:, rows]
-        total = c.sum(1, keepdims=True)
-        means[:, k] = (c.astype(r.rows.dtype) @ r.rows[rows]) / total
-        align[:, k] = (c @ r.align[rows]) / total[:, 0]
-    return means, align
+        total = c.sum(1)
+        x = r.rows[rows]
+        means[:, k] = (c.astype(x.dtype) @ x) / total[:, None]
+        align[:, k] = (c @ r.align[rows]) / total
+        c2 = c ** 2
+        # Σ v_i² ‖x_i − m‖² = Σ v_i² ‖x_i‖² − 2⟨Σ v_i² x_i, m⟩ + Σ v_i² ‖m‖²
+        spread = (c2 @ sq[rows] - 2 * np.einsum("bd,bd->b", c2.astype(x.dtype) @ x, means[:, k])
+                  + c2.sum(1) * np.einsum("bd,bd->b", means[:, k], means[:, k]))
+        n = (c > 0).sum(1)
+        var[:, k] = np.where(n > 1, np.clip(spread, 0, None) / total ** 2 * n / np.maximum(n - 1, 1), 0)
+    return means, align, var
 
 
 def nnls_gram(gram: np.ndarray, b: np.ndarray, q_norm2: float) -> tuple[np.ndarray, float]:
@@ -123,16 +135,32 @@ class GradientFit:
         return 1.0 - self.residual2 / q_norm2 if q_norm2 > 0 else 0.0
 
 
-def fit(r: DomainRows, counts: np.ndarray | None = None) -> list[GradientFit]:
-    """The NNLS fit for each resampling count vector (None: every document once)."""
+def fit(r: DomainRows, counts: np.ndarray | None = None, debias: bool = True) -> list[GradientFit]:
+    """The NNLS fit for each resampling count vector (None: every document once).
+
+    `debias`: a domain mean from n documents overestimates ‖μ_d‖² by its sampling variance
+    (tr Cov_d / n), which would shrink the weight of domains whose documents disagree most;
+    the diagonal of G is corrected by that amount (off-diagonal terms and b are unbiased: the
+    domains' documents are independent of each other and of the fine-tune's)."""
     counts = np.ones((1, len(r.domain))) if counts is None else np.atleast_2d(counts)
-    means, align = _means(r, counts)
+    means, align, var = _means(r, counts)
     out = []
-    for m, b in zip(means, align):
+    for m, b, v in zip(means, align, var):
         gram = m @ m.T
+        norms = np.sqrt(np.clip(np.diag(gram), 0, None))
+        if debias:
+            gram = _nearest_psd(gram - np.diag(v))
         w, res2 = nnls_gram(gram, b, r.q_norm2)
-        out.append(GradientFit(w, res2, np.sqrt(np.clip(np.diag(gram), 0, None))))
+        out.append(GradientFit(w, res2, norms))
     return out
+
+
+def _nearest_psd(gram: np.ndarray) -> np.ndarray:
+    """Clip negative eigenvalues (a debiased Gram can lose definiteness when a domain has very
+    few or very diverse documents) to a small positive floor."""
+    vals, vecs = np.linalg.eigh((gram + gram.T) / 2)
+    floor = 1e-6 * max(vals.max(), 1e-30)
+    return (vecs * np.clip(vals, floor, None)) @ vecs.T
 
 
 def bootstrap_counts(domain: np.ndarray, n_domains: int, replicates: int, seed: int) -> np.ndarray:
@@ -164,10 +192,10 @@ def other_weight(f: GradientFit) -> float:
 
 
 def gradient_estimate(r: DomainRows, bootstrap: int = 200, confidence: float = 0.95,
-                      other_below: float = 0.5, seed: int = 0) -> Estimate:
+                      other_below: float = 0.5, seed: int = 0, debias: bool = True) -> Estimate:
     """NNLS proportions with percentile bootstrap intervals over documents. When the domains
     explain less than `other_below` of ‖q‖², an "other" share (other_weight) is added."""
-    point = fit(r)[0]
+    point = fit(r, debias=debias)[0]
     explained = point.explained(r.q_norm2)
     with_other = explained < other_below
     names = list(r.names) + (["other"] if with_other else [])
@@ -179,8 +207,8 @@ def gradient_estimate(r: DomainRows, bootstrap: int = 200, confidence: float = 0
     est = shares(point)
     low = high = None
     if bootstrap > 0:
-        reps = np.stack([shares(f) for f in fit(r, bootstrap_counts(r.domain, len(r.names),
-                                                                    bootstrap, seed))])
+        counts = bootstrap_counts(r.domain, len(r.names), bootstrap, seed)
+        reps = np.stack([shares(f) for f in fit(r, counts, debias)])
         tail = (1 - confidence) / 2 * 100
         low = dict(zip(names, np.percentile(reps, tail, axis=0).tolist()))
         high = dict(zip(names, np.percentile(reps, 100 - tail, axis=0).tolist()))
@@ -191,7 +219,7 @@ def gradient_estimate(r: DomainRows, bootstrap: int = 200, confidence: float = 0
         "other_added": with_other,
         "other_weight": other_weight(point),
         "mean_gradient_norms": dict(zip(r.names, point.mean_norms.tolist())),
-        "bootstrap": bootstrap, "confidence": confidence,
+        "bootstrap": bootstrap, "confidence": confidence, "debias": debias,
     })
 
 

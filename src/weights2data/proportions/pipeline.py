@@ -14,7 +14,14 @@ from typing import Literal
 
 import numpy as np
 
-from ..config import CorpusConfig, GradientConfig, ModelConfig, SelectConfig, SelectionConfig, UserError
+from ..config import (
+    CorpusConfig,
+    GradientConfig,
+    ModelConfig,
+    SelectConfig,
+    SelectionConfig,
+    UserError,
+)
 from ..corpus import load_corpus
 from ..pipeline import SelectResult, select
 from . import estimate as est
@@ -37,6 +44,7 @@ class MixtureOptions:
     # default). The proportions are shares of that unit; both units are reported.
     weighting: Literal["documents", "tokens"] = "documents"
     other_below: float = 0.5  # add an "other" share when the domains explain less of ‖q‖²
+    debias: bool = True  # correct ‖ḡ_d‖² for the sampling variance of each domain's mean
     seed: int = 0  # bootstrap
 
 
@@ -242,7 +250,8 @@ def mixture(cfg: MixtureConfig | None = None, progress: bool = True,
     rows = est.DomainRows.from_gradients(run.gradients, domain, names, weight)
     m = cfg.mixture
     estimates = {
-        "gradient": est.gradient_estimate(rows, m.bootstrap, m.confidence, m.other_below, m.seed),
+        "gradient": est.gradient_estimate(rows, m.bootstrap, m.confidence, m.other_below, m.seed,
+                                          m.debias),
         "select": est.pick_shares(run.selections["select"].indices, domain, names, "select"),
         "topk": est.pick_shares(run.selections["topk"].indices, domain, names, "topk"),
         "loss": est.loss_estimate(run.loss_base.numpy(), run.loss_finetuned.numpy(), domain,

@@ -1,0 +1,109 @@
+"""`weights2data mixture` end to end on a tiny Llama fine-tuned on a known mixture, the Python
+API, and its one-line errors."""
+
+import json
+
+import pytest
+import tiny
+
+import weights2data as w2d
+from weights2data.cli import main
+from weights2data.config import ModelConfig
+from weights2data.evaluation import Recipe, train
+from weights2data.framings import make_framing
+
+TRUTH = {"sport": 0.75, "money": 0.25, "music": 0.0}
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory):
+    """A tiny Llama really fine-tuned on 75 % sport and 25 % money documents (no music)."""
+    d = tmp_path_factory.mktemp("mixture")
+    model, tok = tiny.llama_lm()
+    base = tiny.save(model, tok, d / "base")
+    pool = [r for r in tiny.corpus(160, seed=3)]
+    texts = [r["text"] for r in pool if r["topic"] == "sport"][:30]
+    texts += [r["text"] for r in pool if r["topic"] == "money"][:10]
+    framing = make_framing("lm", tok, 32, ModelConfig(base, base))
+    train(model, framing, texts, None, Recipe(steps=30, lr=3e-3, batch_size=8), progress=False)
+    ft = tiny.save(model, tok, d / "ft")
+    rows = tiny.corpus(60, seed=11)  # other documents of the same three topics
+    corpus = tiny.write_jsonl(rows, d / "corpus.jsonl")
+    per_domain = {t: str(tiny.write_jsonl([r for r in rows if r["topic"] == t], d / f"{t}.jsonl"))
+                  for t in TRUTH}
+    return d, base, ft, str(corpus), per_domain
+
+
+def _mixture(base, ft, out, *extra):
+    return main(["mixture", "--base", base, "--finetuned", ft, "--out", str(out), "--quiet",
+                 "--max-length", "32", "--bootstrap", "30", *extra])
+
+
+def test_mixture_end_to_end(lm_run, capsys):
+    d, base, ft, corpus, _ = lm_run
+    out = d / "run"
+    assert _mixture(base, ft, out, "--corpus", corpus, "--domain-column", "topic") == 0
+    result = json.loads((out / "mixture.json").read_text())
+    assert result["domains"] == sorted(TRUTH) and result["unit"] == "documents"
+    assert result["documents"] == {"money": 20, "music": 20, "sport": 20}
+    methods = result["methods"]
+    assert set(methods) == {"gradient", "select", "topk", "loss"}
+    for m in methods.values():
+        assert sum(m["proportions"].values()) == pytest.approx(1.0)
+        assert sum(m["proportions_tokens"].values()) == pytest.approx(1.0)
+    g = methods["gradient"]
+    assert 0 < g["explained"] <= 1 and set(g["low"]) == set(g["proportions"])
+    assert methods["select"]["k"] == 15  # a quarter of the corpus
+    # the fine-tune saw no music: the gradient fit gives it the smallest share and sport the largest
+    p = g["proportions"]
+    assert p["music"] < p["money"] < p["sport"], p
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "gradient NNLS" in html
+    assert json.loads((out / "manifest.json").read_text())["complete"]
+    assert "explains" in capsys.readouterr().out
+
+
+def test_api_with_one_corpus_per_domain_matches_the_column(lm_run):
+    d, base, ft, corpus, per_domain = lm_run
+    by_column = w2d.mixture(base=base, finetuned=ft, corpus=corpus, domain_column="topic",
+                            max_length=32, bootstrap=0, progress=False)
+    by_file = w2d.mixture(base=base, finetuned=ft, domains=per_domain, max_length=32,
+                          bootstrap=0, weighting="tokens", progress=False)
+    assert list(by_file.proportions()) == list(TRUTH)  # the order of `domains`
+    assert by_file.config.mixture.weighting == "tokens"
+    # the same documents, the same per-domain token counts: documents ↔ tokens conversions agree
+    assert by_file.mean_tokens == pytest.approx(by_column.mean_tokens)
+    same = w2d.mixture(base=base, finetuned=ft, domains=per_domain, max_length=32, bootstrap=0,
+                       progress=False)
+    assert same.proportions() == pytest.approx(by_column.proportions(), abs=1e-5)
+    assert same.proportions("loss") == pytest.approx(by_column.proportions("loss"), abs=1e-6)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--domain-column", "source"], "has no column 'source'"),
+    (["--domains", "a=CORPUS"], "at least 2 domains"),
+    (["--domains", "a=CORPUS", "b=EMPTY"], "domain 'b'"),
+    (["--domains", "a=CORPUS", "b=CORPUS", "a=CORPUS"], "'a' is given twice"),
+    (["--domains", "a:CORPUS", "b=CORPUS"], "is not NAME=PATH"),
+    (["--domains", "a=CORPUS", "b=MISSING"], "does not exist"),
+    (["--domain-column", "topic", "--domains", "a=CORPUS", "b=CORPUS"], "not both"),
+    (["--domain-column", "blank"], "row 1 has no 'blank'"),
+    (["--domain-column", "only"], "at least 2 domains"),
+])
+def test_bad_domains_are_one_line_errors_and_write_nothing(lm_run, tmp_path, capsys, args, message):
+    d, base, ft, corpus, _ = lm_run
+    (tmp_path / "empty.jsonl").write_text("")
+    rows = [json.loads(line) for line in open(corpus)]
+    odd = tiny.write_jsonl([{**r, "blank": "" if i == 1 else "x", "only": "x"}
+                            for i, r in enumerate(rows)], tmp_path / "odd.jsonl")
+    args = [a.replace("CORPUS", corpus).replace("EMPTY", str(tmp_path / "empty.jsonl"))
+            .replace("MISSING", str(tmp_path / "nope.jsonl")) for a in args]
+    if "--domain-column" in args and "--domains" not in args:
+        args = ["--corpus", str(odd), *args]
+    if "--domains" in args and "--domain-column" in args:
+        args = ["--corpus", corpus, *args]
+    out = tmp_path / "out"
+    assert _mixture(base, ft, out, *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
