@@ -5,29 +5,43 @@ import json
 
 import pytest
 import tiny
+import torch
 
 import weights2data as w2d
 from weights2data.cli import main
 from weights2data.config import ModelConfig
-from weights2data.evaluation import Recipe, train
 from weights2data.framings import make_framing
 
 TRUTH = {"sport": 0.75, "money": 0.25, "music": 0.0}
 
 
+def sgd(model, framing, texts, steps=30, lr=0.05, batch=8):
+    """Plain SGD epochs over `texts`: the regime where θ0 − θf = lr·Σ∇ℓ to first order."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    gen, order = torch.Generator().manual_seed(0), []
+    model.train()
+    for _ in range(steps):
+        if len(order) < batch:
+            order += torch.randperm(len(texts), generator=gen).tolist()
+        idx, order = order[:batch], order[batch:]
+        framing.forward(model, framing.encode([texts[i] for i in idx])).loss(None).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval()
+
+
 @pytest.fixture(scope="module")
 def lm_run(tmp_path_factory):
-    """A tiny Llama really fine-tuned on 75 % sport and 25 % money documents (no music)."""
+    """A tiny Llama fine-tuned on 30 sport and 10 money documents (75 % / 25 %, no music); the
+    corpus holds those documents and 10 music ones."""
     d = tmp_path_factory.mktemp("mixture")
     model, tok = tiny.llama_lm()
     base = tiny.save(model, tok, d / "base")
-    pool = [r for r in tiny.corpus(160, seed=3)]
-    texts = [r["text"] for r in pool if r["topic"] == "sport"][:30]
-    texts += [r["text"] for r in pool if r["topic"] == "money"][:10]
-    framing = make_framing("lm", tok, 32, ModelConfig(base, base))
-    train(model, framing, texts, None, Recipe(steps=30, lr=3e-3, batch_size=8), progress=False)
+    pool = tiny.corpus(160, seed=3)
+    rows = [r for t, n in (("sport", 30), ("money", 10), ("music", 10))
+            for r in [r for r in pool if r["topic"] == t][:n]]
+    sgd(model, make_framing("lm", tok, 32, ModelConfig(base, base)), [r["text"] for r in rows[:40]])
     ft = tiny.save(model, tok, d / "ft")
-    rows = tiny.corpus(60, seed=11)  # other documents of the same three topics
     corpus = tiny.write_jsonl(rows, d / "corpus.jsonl")
     per_domain = {t: str(tiny.write_jsonl([r for r in rows if r["topic"] == t], d / f"{t}.jsonl"))
                   for t in TRUTH}
@@ -45,7 +59,7 @@ def test_mixture_end_to_end(lm_run, capsys):
     assert _mixture(base, ft, out, "--corpus", corpus, "--domain-column", "topic") == 0
     result = json.loads((out / "mixture.json").read_text())
     assert result["domains"] == sorted(TRUTH) and result["unit"] == "documents"
-    assert result["documents"] == {"money": 20, "music": 20, "sport": 20}
+    assert result["documents"] == {"money": 10, "music": 10, "sport": 30}
     methods = result["methods"]
     assert set(methods) == {"gradient", "select", "topk", "loss"}
     for m in methods.values():
@@ -53,10 +67,11 @@ def test_mixture_end_to_end(lm_run, capsys):
         assert sum(m["proportions_tokens"].values()) == pytest.approx(1.0)
     g = methods["gradient"]
     assert 0 < g["explained"] <= 1 and set(g["low"]) == set(g["proportions"])
-    assert methods["select"]["k"] == 15  # a quarter of the corpus
-    # the fine-tune saw no music: the gradient fit gives it the smallest share and sport the largest
+    assert methods["select"]["k"] == 12  # a quarter of the corpus
+    # first-order regime: the fit recovers 75 / 25 / 0
     p = g["proportions"]
-    assert p["music"] < p["money"] < p["sport"], p
+    assert p["sport"] == pytest.approx(0.75, abs=0.1) and p["music"] < 0.05, p
+    assert p["sport"] + p["money"] + p["music"] == pytest.approx(1.0)  # no "other" by default
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "gradient NNLS" in html
     assert json.loads((out / "manifest.json").read_text())["complete"]

@@ -165,7 +165,7 @@ def one_mixture(base: str, pools: dict, sizes: MixtureSizes, seed: int, index: i
     res = mixture(base=base, finetuned=ft, corpus=str(corpus), domain_column="source",
                   k=len(rows) // 2, max_length=sizes.max_length, checkpoints=sizes.checkpoints,
                   batch_size=16, bootstrap=100, seed=seed, progress=progress)
-    shutil.rmtree(folder / "finetuned")
+    shutil.rmtree(folder / "finetuned", ignore_errors=True)
     domain = np.asarray([res.domains.index(r["source"]) for r in rows])
     grad = est.DomainRows.from_gradients(res.run.gradients, domain, res.domains)
     variants = {}

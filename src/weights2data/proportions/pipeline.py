@@ -140,12 +140,12 @@ def parse_domains(items: list[str]) -> dict[str, str]:
 
 def _check_options(cfg: MixtureConfig) -> None:
     m = cfg.mixture
+    if m.domains is not None and (m.domain_column is not None or cfg.corpus.path):
+        raise UserError("give --corpus with --domain-column, or --domains, not both")
     if (m.domain_column is None) == (m.domains is None):
         raise UserError("give either --domain-column (one corpus) or --domains NAME=PATH ... "
                         "(one corpus per domain)")
     if m.domains is not None:
-        if cfg.corpus.path:
-            raise UserError("give --corpus with --domain-column, or --domains, not both")
         if len(m.domains) < 2:
             raise UserError(f"a mixture needs at least 2 domains, got {len(m.domains)}; add "
                             "corpora of the other domains")
