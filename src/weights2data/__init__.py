@@ -15,6 +15,7 @@ from .config import (
     SelectionConfig,
     UserError,
 )
+from .pipeline import SelectResult, make_config, select
 from .proportions.pipeline import (
     MixtureConfig,
     MixtureOptions,
@@ -22,7 +23,6 @@ from .proportions.pipeline import (
     make_mixture_config,
     mixture,
 )
-from .pipeline import SelectResult, make_config, select
 from .selection import Selection
 
 __all__ = [

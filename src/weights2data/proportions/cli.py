@@ -23,9 +23,9 @@ def add_parser(sub) -> None:
     p.add_argument("--weighting", choices=["documents", "tokens"], default="documents",
                    help="how the fine-tune weighted its loss: per document (default; every "
                    "classifier) or per token (HF's causal-LM default); proportions are in that unit")
-    p.add_argument("--other-below", type=float, default=0.5, metavar="F",
+    p.add_argument("--other-below", type=float, default=0.0, metavar="F",
                    help="add an 'other' share when the domains explain less than F of ‖q‖² "
-                   "(default 0.5)")
+                   "(default 0: never; Adam fine-tunes leave most of ‖q‖² unexplained anyway)")
     add_extraction_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

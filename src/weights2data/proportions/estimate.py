@@ -192,7 +192,7 @@ def other_weight(f: GradientFit) -> float:
 
 
 def gradient_estimate(r: DomainRows, bootstrap: int = 200, confidence: float = 0.95,
-                      other_below: float = 0.5, seed: int = 0, debias: bool = True) -> Estimate:
+                      other_below: float = 0.0, seed: int = 0, debias: bool = True) -> Estimate:
     """NNLS proportions with percentile bootstrap intervals over documents. When the domains
     explain less than `other_below` of ‖q‖², an "other" share (other_weight) is added."""
     point = fit(r, debias=debias)[0]
