@@ -122,3 +122,19 @@ def test_bad_domains_are_one_line_errors_and_write_nothing(lm_run, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_classifier_mixture_and_its_unit(tmp_path, capsys):
+    model, tok = tiny.bert_classifier()
+    base = tiny.save(model, tok, tmp_path / "base")
+    ft = tiny.save(tiny.perturbed(model), tok, tmp_path / "ft")
+    corpus = str(tiny.write_jsonl(tiny.corpus(24), tmp_path / "corpus.jsonl"))
+    result = w2d.mixture(base=base, finetuned=ft, corpus=corpus, domain_column="topic",
+                         max_length=32, bootstrap=10, progress=False)
+    assert result.run.task == "classify-head" and set(result.mean_tokens.values()) == {1.0}
+    assert sum(result.proportions().values()) == pytest.approx(1.0)
+    assert result.in_units("gradient", "tokens") == pytest.approx(result.proportions())
+    out = tmp_path / "out"
+    assert main(["mixture", "--base", base, "--finetuned", ft, "--corpus", corpus, "--domain-column",
+                 "topic", "--weighting", "tokens", "--out", str(out), "--quiet"]) == 2
+    assert "for language models" in capsys.readouterr().err and not out.exists()

@@ -233,6 +233,12 @@ def mixture(cfg: MixtureConfig | None = None, progress: bool = True,
     start = time.perf_counter()
     texts, names, domain = load_domains(cfg)
     est.check_domains(domain, names)
+    if cfg.mixture.weighting == "tokens":
+        from ..checkpoints import detect_task
+
+        if detect_task(cfg.model) != "lm":
+            raise UserError("--weighting tokens is for language models; a classifier's loss "
+                            "weighs documents")
     k = cfg.mixture.k or max(1, len(texts) // 4)
     if k > len(texts):
         raise UserError(f"--k {k} is larger than the corpus ({len(texts)} documents)")
@@ -245,8 +251,6 @@ def mixture(cfg: MixtureConfig | None = None, progress: bool = True,
         run = select(_select_config(cfg, corpus, k), progress=progress)
     if run is None:  # a torchrun rank other than 0: it only helped build the store
         return None
-    if cfg.mixture.weighting == "tokens" and run.task != "lm":
-        raise UserError("--weighting tokens is for language models; a classifier weighs documents")
     tokens = _loss_tokens(cfg, run.task, texts)
     weight = tokens if cfg.mixture.weighting == "tokens" else None
     t0 = time.perf_counter()
