@@ -135,7 +135,7 @@ class GradientFit:
         return 1.0 - self.residual2 / q_norm2 if q_norm2 > 0 else 0.0
 
 
-def fit(r: DomainRows, counts: np.ndarray | None = None, debias: bool = True) -> list[GradientFit]:
+def fit(r: DomainRows, counts: np.ndarray | None = None, debias: bool = False) -> list[GradientFit]:
     """The NNLS fit for each resampling count vector (None: every document once).
 
     `debias`: a domain mean from n documents overestimates ‖μ_d‖² by its sampling variance
@@ -192,7 +192,7 @@ def other_weight(f: GradientFit) -> float:
 
 
 def gradient_estimate(r: DomainRows, bootstrap: int = 200, confidence: float = 0.95,
-                      other_below: float = 0.0, seed: int = 0, debias: bool = True) -> Estimate:
+                      other_below: float = 0.0, seed: int = 0, debias: bool = False) -> Estimate:
     """NNLS proportions with percentile bootstrap intervals over documents. When the domains
     explain less than `other_below` of ‖q‖², an "other" share (other_weight) is added."""
     point = fit(r, debias=debias)[0]
