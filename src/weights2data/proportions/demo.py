@@ -141,13 +141,9 @@ def finetune(base: str, texts: list[str], sizes: MixtureSizes, seed: int, out: P
     return str(out)
 
 
-def one_mixture(base: str, pools: dict, sizes: MixtureSizes, seed: int, index: int,
-                folder: Path, progress: bool) -> dict:
-    """Fine-tune on one drawn mixture and estimate it: the raw material of every method (both
-    gradient variants, the SELECT / top-k pick orders, the loss estimate), so the estimator
-    knobs can be chosen later without fine-tuning again."""
-    from .pipeline import mixture
-
+def draw_data(pools: dict, sizes: MixtureSizes, seed: int,
+              index: int) -> tuple[list[str], dict[str, float], list[dict]]:
+    """(training texts, true document shares, estimation corpus rows) of one drawn mixture."""
     rng = np.random.default_rng([seed, index])
     counts = draw_mixture(rng, sizes.train_docs, sizes.alpha)
     texts = []
@@ -157,6 +153,17 @@ def one_mixture(base: str, pools: dict, sizes: MixtureSizes, seed: int, index: i
     corpus_rng = np.random.default_rng([seed, 10_000])  # one estimation corpus per seed
     rows = [{"text": pools[name]["estimate"][i], "source": name} for name in SOURCES
             for i in corpus_rng.choice(POOL["estimate"], sizes.estimate_docs, replace=False)]
+    return texts, truth, rows
+
+
+def one_mixture(base: str, pools: dict, sizes: MixtureSizes, seed: int, index: int,
+                folder: Path, progress: bool) -> dict:
+    """Fine-tune on one drawn mixture and estimate it: the raw material of every method (both
+    gradient variants, the SELECT / top-k pick orders, the loss estimate), so the estimator
+    knobs can be chosen later without fine-tuning again."""
+    from .pipeline import mixture
+
+    texts, truth, rows = draw_data(pools, sizes, seed, index)
     corpus = folder / "corpus.jsonl"
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
     t0 = time.perf_counter()
