@@ -136,6 +136,62 @@ def best_of(rounds: int, cases: dict) -> dict[str, float]:
     return best
 
 
+def measure(docs: int = 48, max_length: int = 128, batch_tokens: int = 2048, rounds: int = 2,
+            chunks: int = 3, layers: int | None = None) -> dict:
+    """Seconds per case (best round), real tokens, and the modelled published seconds."""
+    model, tok = smollm2(layers)
+    ft = _updated(model)
+    cfg = ModelConfig("b", "f")
+    lm = make_framing("lm", tok, max_length, cfg)
+    tokens = lm.tokenize(texts(docs))
+    adapted, adapter = with_adapter(model)
+    last = model.config.num_hidden_layers - 1
+    cases = {
+        "forward (bare, full model)": lambda: forward_pass(model, lm, tokens, batch_tokens),
+        "lm, last layer": ours_pass(model, ft, lm, tokens, batch_tokens, ["last"]),
+        "lm, last block (7 linear modules)": ours_pass(
+            model, ft, lm, tokens, batch_tokens, [f"model.layers.{last}.*"]),
+        "lm, LoRA q/v adapter (every block)": ours_pass(model, adapted, lm, tokens, batch_tokens,
+                                                        ["adapter"], adapter),
+    }
+    best = best_of(rounds, cases)
+    ct = make_framing("classify-tokens", tok, max_length,
+                      ModelConfig("b", "f", labels=["business", "sport", "tech"],
+                                  prompt_template="{text}\nTopic:"))
+    ct_tokens = ct.tokenize(texts(docs))
+    labels = torch.zeros(docs, dtype=torch.long)
+    ct_best = best_of(rounds, {
+        "forward": lambda: forward_pass(model, ct, ct_tokens, batch_tokens),
+        "ours": ours_pass(model, ft, ct, ct_tokens, batch_tokens, ["last"], labels=labels)})
+    return {"layers": model.config.num_hidden_layers, "docs": docs,
+            "tokens": int(tokens.lengths.sum()), "batch_tokens": batch_tokens,
+            "threads": torch.get_num_threads(), "seconds": best,
+            "classify_tokens": ct_best, "classify_tokens_tokens": int(ct_tokens.lengths.sum()),
+            "published_seconds_modelled": published_modelled(model, lm, tokens, batch_tokens, chunks),
+            "published_chunks_timed": chunks}
+
+
+def table(r: dict) -> str:
+    fwd = r["seconds"]["forward (bare, full model)"]
+    lines = [f"SmolLM2-135M ({r['layers']} layers), {r['docs']} documents, {r['tokens']} tokens, "
+             f"batches of {r['batch_tokens']} tokens, {r['threads']} threads", "",
+             "| case | seconds | tokens/s | × bare forward |", "|---|---|---|---|"]
+    for name, secs in r["seconds"].items():
+        lines.append(f"| {name} | {secs:.2f} | {r['tokens'] / secs:,.0f} | {secs / fwd:.2f} |")
+    ct = r["classify_tokens"]
+    lines.append(f"| classify-tokens: bare forward (full head at every position) | {ct['forward']:.2f} "
+                 f"| {r['classify_tokens_tokens'] / ct['forward']:,.0f} | |")
+    lines.append(f"| classify-tokens, last layer (label rows at one position) | {ct['ours']:.2f} | "
+                 f"{r['classify_tokens_tokens'] / ct['ours']:,.0f} | {ct['ours'] / ct['forward']:.2f} |")
+    pub = r["published_seconds_modelled"]
+    lines.append(f"| published: vmap grad + dense projection (MODELLED: {r['published_chunks_timed']}"
+                 f"/432 projection chunks timed) | {pub:.0f} | {r['tokens'] / pub:,.1f} | "
+                 f"{pub / fwd:.0f} |")
+    lines += ["", f"ours (lm, last layer) vs published: "
+              f"{pub / r['seconds']['lm, last layer']:.0f}× (modelled)"]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -146,45 +202,9 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=3, help="published projection chunks timed")
     ap.add_argument("--layers", type=int, help="keep only the first N of SmolLM2's 30 layers")
     args = ap.parse_args()
-    n = args.docs or (16 if args.quick else 48)
-    model, tok = smollm2(args.layers)
-    ft = _updated(model)
-    cfg = ModelConfig("b", "f")
-    lm = make_framing("lm", tok, args.max_length, cfg)
-    tokens = lm.tokenize(texts(n))
-    real = int(tokens.lengths.sum())
-    print(f"SmolLM2-135M ({model.config.num_hidden_layers} layers), {n} documents, {real} tokens, "
-          f"batch {args.batch_tokens} tokens, {torch.get_num_threads()} threads", flush=True)
-    budget = args.batch_tokens
-    adapted, adapter = with_adapter(model)
-    cases = {
-        "forward": lambda: forward_pass(model, lm, tokens, budget),
-        "lm, last layer": ours_pass(model, ft, lm, tokens, budget, ["last"]),
-        "lm, last block (7 linear modules)": ours_pass(
-            model, ft, lm, tokens, budget, [f"model.layers.{model.config.num_hidden_layers - 1}.*"]),
-        "lm, LoRA q/v adapter (every block)": ours_pass(model, adapted, lm, tokens, budget,
-                                                        ["adapter"], adapter),
-    }
-    best = best_of(args.rounds, cases)
-    rows = [("forward (bare, full model)", best["forward"], 1.0)]
-    rows += [(k, v, v / best["forward"]) for k, v in best.items() if k != "forward"]
-    ct = make_framing("classify-tokens", tok, args.max_length,
-                      ModelConfig("b", "f", labels=["business", "sport", "tech"],
-                                  prompt_template="{text}\nTopic:"))
-    ct_tokens = ct.tokenize(texts(n))
-    labels = torch.zeros(n, dtype=torch.long)
-    ct_best = best_of(args.rounds, {
-        "forward": lambda: forward_pass(model, ct, ct_tokens, budget),
-        "ours": ours_pass(model, ft, ct, ct_tokens, budget, ["last"], labels=labels)})
-    rows.append(("classify-tokens, last layer (label rows only)", ct_best["ours"],
-                 ct_best["ours"] / ct_best["forward"]))
-    pub = published_modelled(model, lm, tokens, budget, args.chunks)
-    print("\n| case | seconds | tokens/s | × bare forward |\n|---|---|---|---|")
-    for name, secs, ratio in rows:
-        print(f"| {name} | {secs:.2f} | {real / secs:,.0f} | {ratio:.2f} |")
-    print(f"| published: vmap grad + dense projection (modelled, {args.chunks}/432 chunks timed) "
-          f"| {pub:.0f} | {real / pub:,.1f} | {pub / best['forward']:.0f} |")
-    print(f"\nours (lm, last layer) vs published: {pub / best['lm, last layer']:.0f}× (modelled)")
+    r = measure(args.docs or (16 if args.quick else 48), args.max_length, args.batch_tokens,
+                args.rounds, args.chunks, args.layers)
+    print(table(r))
 
 
 def _updated(model):
