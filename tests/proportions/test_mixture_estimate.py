@@ -75,7 +75,8 @@ def test_unexplained_target_adds_other():
     rows.q = rows.q + extra
     rows.align = rows.align + rows.rows @ extra
     rows.q_norm2 = float(rows.q @ rows.q)
-    e = est.gradient_estimate(rows, bootstrap=0, debias=False)
+    assert "other" not in est.gradient_estimate(rows, bootstrap=0).proportions  # off by default
+    e = est.gradient_estimate(rows, bootstrap=0, other_below=0.5)
     assert e.extra["other_added"] and e.proportions["other"] > 0.3
     assert e.proportions["code"] == pytest.approx(e.proportions["news"], rel=1e-4)
 
