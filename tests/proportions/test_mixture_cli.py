@@ -83,15 +83,15 @@ def test_api_with_one_corpus_per_domain_matches_the_column(lm_run):
     by_column = w2d.mixture(base=base, finetuned=ft, corpus=corpus, domain_column="topic",
                             max_length=32, bootstrap=0, progress=False)
     by_file = w2d.mixture(base=base, finetuned=ft, domains=per_domain, max_length=32,
-                          bootstrap=0, weighting="tokens", progress=False)
+                          bootstrap=0, progress=False)
     assert list(by_file.proportions()) == list(TRUTH)  # the order of `domains`
-    assert by_file.config.mixture.weighting == "tokens"
-    # the same documents, the same per-domain token counts: documents ↔ tokens conversions agree
+    assert by_file.proportions() == pytest.approx(by_column.proportions(), abs=1e-5)
+    assert by_file.proportions("loss") == pytest.approx(by_column.proportions("loss"), abs=1e-6)
     assert by_file.mean_tokens == pytest.approx(by_column.mean_tokens)
-    same = w2d.mixture(base=base, finetuned=ft, domains=per_domain, max_length=32, bootstrap=0,
-                       progress=False)
-    assert same.proportions() == pytest.approx(by_column.proportions(), abs=1e-5)
-    assert same.proportions("loss") == pytest.approx(by_column.proportions("loss"), abs=1e-6)
+    tokens = by_file.in_units("gradient", "tokens")  # shares of tokens: longer domains weigh more
+    ratio = {t: tokens[t] / by_file.proportions()[t] for t in TRUTH if tokens[t] > 0}
+    longest = max(ratio, key=ratio.get)
+    assert longest == max(ratio, key=by_file.mean_tokens.get)
 
 
 @pytest.mark.parametrize("args, message", [
