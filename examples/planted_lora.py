@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -44,6 +45,7 @@ def build(work: Path, hidden: int, public: int, steps: int, seed: int, max_lengt
     tok.padding_side = "right"
     model.save_pretrained(work / "base")
     tok.save_pretrained(work / "base")
+    model.config._name_or_path = str(work / "base")  # what the adapter records as its base
     peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
                                             target_modules=["q_proj", "v_proj"]))
     start = time.perf_counter()
@@ -72,7 +74,7 @@ def main() -> None:
     if not (work / "corpus.jsonl").exists():
         work.mkdir(parents=True, exist_ok=True)
         build(work, args.hidden, args.public, args.steps, args.seed, args.max_length)
-    cmd = ["weights2data", "select", "--base", str(work / "base"), "--finetuned",
+    cmd = [sys.executable, "-m", "weights2data", "select", "--base", str(work / "base"), "--finetuned",
            str(work / "adapter"), "--corpus", str(work / "corpus.jsonl"), "--k", str(args.hidden),
            "--strategy", "select", "topk", "random", "loss-diff", "--max-length",
            str(args.max_length), "--out", str(work / "select"), "--overwrite"]
