@@ -58,7 +58,7 @@ def main() -> None:
     if not (work / "corpus.jsonl").exists():
         work.mkdir(parents=True, exist_ok=True)
         build(work, args.hidden, args.public, args.seed, args.max_length)
-    cmd = ["weights2data", "select", "--base", str(work / "base"), "--finetuned",
+    cmd = [sys.executable, "-m", "weights2data", "select", "--base", str(work / "base"), "--finetuned",
            str(work / "finetuned"), "--corpus", str(work / "corpus.jsonl"), "--k", str(args.hidden),
            "--strategy", "select", "topk", "random", "loss-diff", "--max-length",
            str(args.max_length), "--out", str(work / "select"), "--overwrite"]

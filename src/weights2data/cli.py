@@ -9,17 +9,12 @@ from .ablate.cli import add_parser as add_ablate
 from .config import STRATEGIES, UserError
 from .demo import cli as demo_cli
 from .evaluation import cli as evaluation_cli
+from .proportions.cli import add_parser as add_mixture
 
 
-def _add_select(sub) -> None:
-    p = sub.add_parser("select", help="recover fine-tuning data: pick K corpus documents")
-    p.add_argument("--base", required=True, help="base checkpoint: HF folder or hub id")
-    p.add_argument("--finetuned", required=True, help="fine-tuned checkpoint, or a PEFT adapter folder")
-    p.add_argument("--corpus", required=True, help="jsonl/csv/parquet file or folder, or a saved dataset")
-    p.add_argument("--k", type=int, required=True, help="documents to select")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--strategy", nargs="+", default=["select"], choices=STRATEGIES, metavar="S",
-                   help=f"one or more of: {', '.join(STRATEGIES)} (default: select)")
+def add_extraction_options(p) -> None:
+    """Options on how θ0 and θf are read and how gradients are taken: shared by `select` and
+    `mixture` (the fields of ModelConfig, CorpusConfig and GradientConfig but the paths)."""
     p.add_argument("--task", choices=["classify-head", "classify-tokens", "lm"],
                    help="task framing (default: detected from the checkpoint)")
     p.add_argument("--labels", nargs="+", help="classify-tokens: the label words, in class order")
@@ -33,18 +28,26 @@ def _add_select(sub) -> None:
                    help="P synthetic checkpoints θ0 + j/P·Δ, j < P (default 3; 1 = θ0 only)")
     p.add_argument("--grad-at", choices=["interpolated", "finetuned"], default="interpolated",
                    help="take gradients at the interpolated checkpoints, or at θf only")
+    p.add_argument("--layers", nargs="+", default=["auto"], metavar="L",
+                   help="which layers' gradients: auto (default: last if it changed, else "
+                        "changed), last, changed, adapter, or module names/globs such as "
+                        "'model.layers.*.mlp.down_proj'")
     p.add_argument("--projection", choices=["kronecker", "dense-rademacher", "dense-gaussian"],
-                   default="kronecker", help="used when the last layer exceeds --exact-max entries")
+                   default="kronecker", help="used when the layers exceed --exact-max entries")
     p.add_argument("--projection-dim", type=int, default=4096)
     p.add_argument("--exact-max", type=int, default=65_536,
-                   help="keep gradients exact up to this many entries (default 65536)")
-    p.add_argument("--reset-every", type=int, help="select-batched: picks per batch (default K/10)")
+                   help="keep gradients exact up to this many entries, all layers together "
+                        "(default 65536)")
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-tokens", type=int,
+                   help="padded tokens per batch, longest documents first (default: 4096 on a "
+                        "CPU, sized to free memory on a GPU)")
+    p.add_argument("--batch-size", type=int, help="also cap documents per batch (default: no cap)")
     p.add_argument("--limit", type=int, help="use only the first N corpus rows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="compute dtype (auto: bfloat16 on a GPU that supports it, else float32)")
     p.add_argument("--store", metavar="DIR",
                    help="keep labels, losses and gradients in a resumable on-disk store in DIR "
                         "(reused when the configuration matches; required under torchrun). "
@@ -52,6 +55,33 @@ def _add_select(sub) -> None:
     p.add_argument("--store-dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                    help="how the store keeps gradient vectors (default float32)")
     p.add_argument("--shard-size", type=int, default=4096, help="documents per store shard")
+
+
+def extraction_kwargs(args) -> dict:
+    """The make_config keywords of add_extraction_options' options."""
+    return dict(
+        task=args.task, labels=args.labels, prompt_template=args.prompt_template,
+        text_column=args.text_column, gguf_file=args.gguf_file, head_init=args.head_init,
+        checkpoints=args.checkpoints, layers=args.layers, batch_tokens=args.batch_tokens,
+        grad_at=args.grad_at, projection=args.projection,
+        projection_dim=args.projection_dim, exact_max=args.exact_max, max_length=args.max_length,
+        batch_size=args.batch_size, limit=args.limit, seed=args.seed, device=args.device,
+        dtype=args.dtype, store=args.store, store_dtype=args.store_dtype,
+        shard_size=args.shard_size,
+    )
+
+
+def _add_select(sub) -> None:
+    p = sub.add_parser("select", help="recover fine-tuning data: pick K corpus documents")
+    p.add_argument("--base", required=True, help="base checkpoint: HF folder or hub id")
+    p.add_argument("--finetuned", required=True, help="fine-tuned checkpoint, or a PEFT adapter folder")
+    p.add_argument("--corpus", required=True, help="jsonl/csv/parquet file or folder, or a saved dataset")
+    p.add_argument("--k", type=int, required=True, help="documents to select")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--strategy", nargs="+", default=["select"], choices=STRATEGIES, metavar="S",
+                   help=f"one or more of: {', '.join(STRATEGIES)} (default: select)")
+    add_extraction_options(p)
+    p.add_argument("--reset-every", type=int, help="select-batched: picks per batch (default K/10)")
     p.add_argument("--greedy", choices=["exact", "stochastic"], default="exact",
                    help="select: exact (one pass per pick), stochastic (scores (N/K)·ln(1/ε) "
                         "random rows per pick)")
@@ -69,15 +99,9 @@ def _run_select(args) -> None:
 
     cfg = make_config(
         base=args.base, finetuned=args.finetuned, corpus=args.corpus, k=args.k, out=args.out,
-        strategies=args.strategy, task=args.task, labels=args.labels,
-        prompt_template=args.prompt_template, text_column=args.text_column,
-        gguf_file=args.gguf_file, head_init=args.head_init, checkpoints=args.checkpoints,
-        grad_at=args.grad_at, projection=args.projection, projection_dim=args.projection_dim,
-        exact_max=args.exact_max, reset_every=args.reset_every, max_length=args.max_length,
-        batch_size=args.batch_size, limit=args.limit, seed=args.seed, device=args.device,
-        dtype=args.dtype, overwrite=args.overwrite, store=args.store, store_dtype=args.store_dtype,
-        shard_size=args.shard_size, greedy=args.greedy, epsilon=args.epsilon,
-        min_confidence=args.min_confidence,
+        strategies=args.strategy, reset_every=args.reset_every, overwrite=args.overwrite,
+        greedy=args.greedy, epsilon=args.epsilon, min_confidence=args.min_confidence,
+        **extraction_kwargs(args),
     )
     if not 0 < args.epsilon < 1:
         raise UserError("--epsilon must be between 0 and 1")
@@ -109,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation_cli.add_parser(sub)
     demo_cli.add_parser(sub)
     add_ablate(sub)
+    add_mixture(sub)
     return parser
 
 

@@ -20,6 +20,9 @@ def add_parser(sub) -> None:
     p.add_argument("--ablate", action="store_true",
                    help="the data-ablation demo instead (`weights2data ablate demo`): unit models "
                    "on a truncated SmolLM2-135M, mixtures scored by merging, a sample trained")
+    p.add_argument("--mixture", action="store_true",
+                   help="the mixture demo instead (`weights2data mixture`): fine-tune on known "
+                   "mixtures of the sources, estimate them, report the error per method")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="a few minutes: small corpus, one K, one seed")
     size.add_argument("--full", action="store_true",
@@ -63,6 +66,12 @@ def run_demo_cli(args) -> None:
         run_ablate_demo(args.out or str(Path(args.cache) / "ablate"), progress=not args.quiet)
         return
     preset = "quick" if args.quick else "full" if args.full else "default"
+    if args.mixture:
+        from ..proportions.demo import run_demo as run_mixture_demo
+
+        run_mixture_demo(args.out or str(Path(args.cache) / "mixture"), preset, args.seeds,
+                         cache=Path(args.cache) / "mixture", progress=not args.quiet)
+        return
     sizes = (classify_sizes if args.task == "classify" else lm_sizes)(preset)
     if args.variants:
         sizes.variants = select_variants(sizes.checkpoints, classify=args.task == "classify")

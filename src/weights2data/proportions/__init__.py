@@ -1,0 +1,1 @@
+"""`weights2data mixture`: in what proportions did which domains go into a fine-tune?"""
