@@ -1,11 +1,11 @@
 """The demo's one code path, for any task: build θ0 and the expert θf, run `select` (the real
-pipeline, written to a cached output folder), retrain θ0 on every selection with one fixed
-recipe over several seeds, and measure. Every finished stage is cached under `cache/` so a
-second run only does what is missing."""
+pipeline, written to a cached output folder), judge every selection with the evaluation
+protocol (evaluation/protocol.py, the same one `weights2data evaluate` uses), and collect what
+the report shows. Every finished stage is cached under `cache/` so a second run only does
+what is missing."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -24,27 +24,33 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from .. import output
 from ..config import ModelConfig
+from ..evaluation import protocol
 from ..evaluation.evaluate import Run, load_run
 from ..evaluation.metrics import SentenceEncoder, distribution, leakage, ot_distance
-from ..evaluation.retrain import Setup, load_setup, measure, retrain, summarise
+from ..evaluation.protocol import EvalSets, Setup, fingerprint, fixed, load_setup, redraw, redrawn
 from ..evaluation.train import Recipe, train
 from ..framings import make_framing
 from ..pipeline import select
-from ..selection import run_strategy
 from . import data
 from .sizes import Sizes
+
+SNIPPET = 160  # characters of each first pick shown in the report
+FIRST_PICKS = 5
 
 
 @dataclass
 class Hidden:
-    """The hidden task: the expert's true training data, a held-out test set, and the public
-    seed corpus the data is recovered from."""
+    """The hidden task: the expert's true training data, a validation split of it (every
+    tuned choice is made there), a held-out test set, and the public seed corpus the data is
+    recovered from."""
 
     task: str  # "classify-head" or "lm"
     train: list[dict]  # {"text", "label"?}
+    val: list[dict]
     test: list[dict]
     seed: list[dict]  # {"text", "source"}
     label_names: list[str] | None = None
+    name: str = ""  # which demo task: bbc, wiki, lm
 
 
 class Stages:
@@ -71,25 +77,10 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def fingerprint(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def recipe_for(sizes: Sizes, k: int, seed: int = 0) -> Recipe:
-    """The one recipe for a training set of k documents: a fixed number of steps
-    (epochs · k / batch), the same for every strategy, the oracle and random."""
-    return Recipe(steps=max(1, math.ceil(sizes.epochs * k / sizes.batch_size)), lr=sizes.lr,
-                  batch_size=sizes.batch_size, seed=seed)
-
-
 def _write_json_atomic(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     output.write_json(tmp, obj)
     os.replace(tmp, path)
-
-
-def _read_json(path: Path):
-    return json.loads(path.read_text())
 
 
 def run_demo(
@@ -108,12 +99,13 @@ def run_demo(
     lm = hidden.task == "lm"
     leaked_rows = _leaked(hidden, sizes)
     corpus_rows = [{"text": r["text"], "source": r["source"], "leaked": False} for r in hidden.seed]
-    corpus_rows += [{"text": r["text"], "source": "bbc (leaked)", "leaked": True} for r in leaked_rows]
+    corpus_rows += [{"text": r["text"], "source": "hidden (leaked)", "leaked": True}
+                    for r in leaked_rows]
     corpus_rows = [corpus_rows[i] for i in np.random.default_rng(sizes.seed).permutation(len(corpus_rows))]
 
     base_key = fingerprint({"task": hidden.task, "seed": sizes.seed, "layers": sizes.layers,
-                            "labels": hidden.label_names})
-    work = cache / f"{'lm' if lm else 'classify'}-{fingerprint(_work_key(hidden, sizes))}"
+                            "labels": hidden.label_names, "heal": sizes.heal_key()})
+    work = cache / f"{hidden.name or hidden.task}-{fingerprint(_work_key(hidden, sizes))}"
     # The expert does not depend on the seed corpus: presets that share its recipe share it.
     expert_key = {"base": base_key, "train": fingerprint(hidden.train), "seed": sizes.seed,
                   "recipe": [sizes.max_length, sizes.expert_epochs, sizes.expert_lr, sizes.batch_size]}
@@ -134,21 +126,22 @@ def run_demo(
                lambda: _train_expert(hidden, sizes, base_dir, expert_dir, progress))
 
     k_max = max(sizes.ks)
-    variants = sizes.variants
     runs: dict[str, Run] = {}
-    select_opts = {"": {}} | variants
-    for name, opts in select_opts.items():
+    for name, opts in ({"": {}} | sizes.variants).items():
         folder = work / (f"select-k{k_max}" if not name else f"variant-{slug(name)}-k{k_max}")
         names = strategies if not name else ["select"]
+        # Variants that only change which rows are eligible reuse the main run's gradients.
+        store = work / "store" if set(opts) <= {"confidence_quantile"} else None
         stages.run(f"select ({name or ', '.join(names)})", (folder / output.MANIFEST).exists(),
-                   lambda folder=folder, names=names, opts=opts: select(
+                   lambda folder=folder, names=names, opts=opts, store=store: select(
                        base=str(base_dir), finetuned=str(expert_dir), corpus=str(corpus_path),
                        k=k_max, strategies=names, max_length=sizes.max_length,
                        checkpoints=opts.get("checkpoints", sizes.checkpoints),
                        grad_at=opts.get("grad_at", "interpolated"),
                        head_init=opts.get("head_init", "auto"),
-                       min_confidence=opts.get("min_confidence", 0.0),
+                       confidence_quantile=opts.get("confidence_quantile", 0.0),
                        batch_size=sizes.select_batch_size, seed=sizes.seed, out=str(folder),
+                       store=None if store is None else str(store),
                        overwrite=True, progress=progress))
         runs[name] = load_run(folder)
 
@@ -163,76 +156,66 @@ def run_demo(
         return setups[head]
 
     main = runs[""]
-    test_texts = [r["text"] for r in hidden.test]
-    test_labels = None if lm else [r["label"] for r in hidden.test]
+    sets = EvalSets([r["text"] for r in hidden.test], None if lm else [r["label"] for r in hidden.test],
+                    [r["text"] for r in hidden.val], None if lm else [r["label"] for r in hidden.val])
     train_texts = [r["text"] for r in hidden.train]
     train_labels = None if lm else [r["label"] for r in hidden.train]
     evals = work / "evals"
     evals.mkdir(exist_ok=True)
 
-    def cached_value(name: str, compute: Callable[[], float]) -> float:
-        path = evals / f"{name}.json"
-        if path.exists():
-            return _read_json(path)["value"]
-        value = compute()
-        _write_json_atomic(path, {"value": value})
-        return value
+    def point(name: str, model_of: Callable[[Setup], torch.nn.Module]) -> dict:
+        path = evals / f"{name}-{sets.fingerprint()}.json"
+        if not path.exists():
+            _write_json_atomic(path, sets.measure(setup_for(main), model_of(setup_for(main))))
+        return json.loads(path.read_text())
 
     start = time.perf_counter()
-    base_value = cached_value("base", lambda: measure(setup_for(main), setup_for(main).pair.base,
-                                                      test_texts, test_labels))
-    expert_value = cached_value("expert", lambda: measure(
-        setup_for(main), setup_for(main).pair.finetuned, test_texts, test_labels))
+    base_value = point("base", lambda s: s.pair.base)
+    expert_value = point("expert", lambda s: s.pair.finetuned)
 
-    # Every (strategy, K, seed) retraining, one cached file each.
     rows = {name: main.selections[name] for name in strategies}
-    rows |= {name: runs[name].selections["select"] for name in variants}
+    rows |= {name: runs[name].selections["select"] for name in sizes.variants}
     scores = pq.read_table(main.folder / "scores.parquet")
     autolabels = None if lm else scores.column("autolabel").to_numpy()
     # θf's probability of each autolabel: low values mean the label a selection trains on is a
     # coin toss, which the test set never needs to reveal.
     confidence = None if lm else np.exp(-scores.column("loss_finetuned").to_numpy())
-    n_docs = len(corpus_rows)
+    corpus_texts = [r["text"] for r in corpus_rows]
 
     def picks(name: str, k: int, seed: int) -> list[int]:
-        if name == "random" and seed != 0:  # a fresh random draw per seed
-            return run_strategy("random", k, n=n_docs, seed=seed).indices
+        if name == "random":  # redrawn for every seed (the protocol's policy)
+            return redraw(len(corpus_rows), k, seed)
+        if name == "oracle":
+            return redraw(len(train_texts), k, seed)
         return [r["index"] for r in rows[name][:k]]  # greedy, top-k, loss: prefixes of K_max
 
-    def oracle_picks(k: int, seed: int) -> list[int]:
-        # a prefix of one permutation, so the smaller K's documents are among the larger K's
-        return np.random.default_rng(seed).permutation(len(train_texts))[:k].tolist()
+    def draw_for(name: str, k: int):
+        if name == "oracle":
+            return redrawn(train_texts, train_labels, k)
+        if name == "random":
+            return redrawn(corpus_texts, autolabels, k)
+        idx = picks(name, k, 0)
+        return fixed([corpus_texts[i] for i in idx], None if lm else autolabels[idx].tolist())
 
-    def job_file(name: str, k: int, seed: int) -> str:
-        # Keyed by what was trained on, so a different K_max or corpus never reuses a stale value.
-        idx = oracle_picks(k, seed) if name == "oracle" else picks(name, k, seed)
-        return f"{slug(name)}-k{k}-s{seed}-{fingerprint([recipe_for(sizes, k).to_dict(), idx])}.json"
+    def run_for(name: str) -> Run:
+        return main if name in strategies or name == "oracle" else runs[name]
 
-    jobs = [(name, k, s) for k in sizes.ks for name in [*rows, "oracle"] for s in range(sizes.seeds)]
-    todo = [j for j in jobs if not (evals / job_file(*j)).exists()]
-    bar = tqdm(jobs, desc="retrain", disable=not progress, unit="model")
-    for name, k, s in bar:
-        bar.set_postfix_str(f"{name} K={k} seed={s}", refresh=True)
-        run = main if name in strategies or name == "oracle" else runs[name]
-
-        def compute(name=name, k=k, s=s, run=run) -> float:
-            if name == "oracle":
-                idx = oracle_picks(k, s)
-                texts = [train_texts[i] for i in idx]
-                labels = None if lm else [train_labels[i] for i in idx]
-            else:
-                idx = picks(name, k, s)
-                texts = [corpus_rows[i]["text"] for i in idx]
-                labels = None if lm else autolabels[idx].tolist()
-            return retrain(setup_for(run), texts, labels, recipe_for(sizes, k), [s],
-                           test_texts, test_labels)["values"][0]
-
-        cached_value(job_file(name, k, s).removesuffix(".json"), compute)
-    if todo:
-        stages.seconds[f"retrain + measure ({len(todo)} models)"] = round(
-            time.perf_counter() - start, 1)
-    else:
-        stages.cached.append("retrain + measure")
+    names = [*rows, "oracle"]
+    seeds = list(range(sizes.seeds))
+    schedule = sizes.schedule()
+    budgets = {1.0: schedule}
+    check_k = min(sizes.ks)
+    if sizes.recipe_check:
+        budgets |= {f: schedule.scaled(f) for f in (0.5, 2.0)}
+    jobs = [(name, k, 1.0) for k in sizes.ks for name in names]
+    jobs += [(name, check_k, f) for f in budgets if f != 1.0 for name in names]
+    measured: dict[tuple[str, int, float], dict] = {}
+    bar = tqdm(jobs, desc="retrain", disable=not progress, unit="row")
+    for name, k, f in bar:
+        bar.set_postfix_str(f"{name} K={k}" + (f" budget ×{f:g}" if f != 1.0 else ""), refresh=True)
+        measured[name, k, f] = protocol.evaluate(setup_for(run_for(name)), draw_for(name, k), k,
+                                                 budgets[f], seeds, sets, cache=evals)
+    stages.seconds["retrain + measure"] = round(time.perf_counter() - start, 1)
 
     # Similarity to the true data: OT distance, labels, sources, leakage (seed-0 selections).
     embeddings = cache / "embeddings"  # keyed by content: shared by every preset
@@ -254,25 +237,20 @@ def run_demo(
     start = time.perf_counter()
     true_emb = embed("true", train_texts)
     leaked_idx = [i for i, r in enumerate(corpus_rows) if r["leaked"]]
-    results_strategies: dict[str, dict] = {}
-    for name in [*rows, "oracle"]:
-        if name == "oracle":
-            full = oracle_picks(k_max, 0)
-            emb = embed("oracle", [train_texts[i] for i in full])
-        else:
-            full = picks(name, k_max, 0)
-            emb = embed(name, [corpus_rows[i]["text"] for i in full])
+    results_rows: dict[str, dict] = {}
+    first_picks: dict[str, list[dict]] = {}
+    for name in names:
+        pool = train_texts if name == "oracle" else corpus_texts
+        full = picks(name, k_max, 0)
+        emb = embed(name, [pool[i] for i in full])
         per_k = {}
         for k in sizes.ks:
-            values = [_read_json(evals / job_file(name, k, s))["value"]
-                      for s in range(sizes.seeds)]
-            entry = {**summarise(values), "ot": ot_distance(emb[:k], true_emb)}
+            entry = {**measured[name, k, 1.0], "ot": ot_distance(emb[:k], true_emb)}
+            idx = picks(name, k, 0)
             if name == "oracle":
-                idx = oracle_picks(k, 0)
                 if not lm:
                     entry["labels"] = distribution([train_labels[i] for i in idx], hidden.label_names)
             else:
-                idx = picks(name, k, 0)
                 entry["sources"] = distribution([corpus_rows[i]["source"] for i in idx])
                 if not lm:
                     entry["labels"] = distribution(autolabels[idx].tolist(), hidden.label_names)
@@ -280,46 +258,81 @@ def run_demo(
                 if leaked_idx:
                     entry["leakage"] = leakage(idx, leaked_idx)
             per_k[str(k)] = entry
-        results_strategies[name] = per_k
+        results_rows[name] = per_k
+        first_picks[name] = [
+            {"rank": r + 1, "index": i, "text": pool[i][:SNIPPET],
+             "source": "hidden" if name == "oracle" else corpus_rows[i]["source"],
+             "label": None if lm else hidden.label_names[
+                 train_labels[i] if name == "oracle" else int(autolabels[i])]}
+            for r, i in enumerate(full[:FIRST_PICKS])]
     stages.seconds["OT distances"] = round(time.perf_counter() - start, 1)
 
-    oracle = results_strategies.pop("oracle")
-    return {
+    curves = {}
+    for name, r in runs.items():
+        path = r.folder / "curves.json"
+        if path.exists():
+            c = json.loads(path.read_text())
+            if "select" in c:
+                curves[name or "select"] = c["select"]
+    oracle = results_rows.pop("oracle")
+    results = {
         "task": hidden.task,
+        "name": hidden.name,
         "metric": "perplexity" if lm else "accuracy",
         "lower_is_better": lm,
         "sizes": sizes.to_dict(),
         "documents": {"seed_corpus": len(corpus_rows), "leaked": len(leaked_idx),
-                      "train": len(train_texts), "test": len(test_texts)},
-        "recipes": {str(k): recipe_for(sizes, k).to_dict() for k in sizes.ks},
+                      "train": len(train_texts), "val": len(hidden.val), "test": len(hidden.test)},
+        "schedule": schedule.to_dict(),
+        "recipes": {str(k): schedule.recipe(k).to_dict() for k in sizes.ks},
+        "seeds": seeds,
         "select": {name or "main": {"folder": str(r.folder), "config": r.manifest["config"],
                                     "head_init": r.manifest.get("head_init"),
+                                    "eligible_documents": r.manifest.get("eligible_documents"),
                                     "timings_s": r.manifest.get("timings_s")}
                    for name, r in runs.items()},
         "label_names": hidden.label_names,
         "true_labels": None if lm else distribution(train_labels, hidden.label_names),
         "base": base_value,
         "expert": expert_value,
-        "strategies": results_strategies,
+        "base_model": _base_info(base_dir),
+        "strategies": results_rows,
         "oracle": oracle,
+        "curves": curves,
+        "first_picks": first_picks,
         "timings_s": stages.seconds,
         "cached_stages": stages.cached,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(),
+                    "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
                     "device": str(setup_for(main).pair.device)},
         "cache": str(work),
         "versions": output.versions(),
     }
+    if sizes.recipe_check:
+        from .recipe_check import compare
+
+        results["recipe_check"] = compare(
+            {f: {n: measured[n, check_k, f] for n in names} for f in budgets}, check_k,
+            lower_is_better=lm)
+    return results
+
+
+def _base_info(base_dir: Path) -> dict | None:
+    """What make_base recorded about θ0 (lm: truncation and healing, held-out perplexity)."""
+    path = base_dir / "base.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _work_key(hidden: Hidden, sizes: Sizes) -> dict:
-    """What the cached expert, corpus and selections depend on (not K-list or seeds)."""
+    """What the cached expert, corpus and selections depend on (not K-list, seeds or recipe)."""
     return {"task": hidden.task, "train": fingerprint(hidden.train),
-            "test": fingerprint(hidden.test), "seed_corpus": fingerprint(hidden.seed),
-            "max_length": sizes.max_length, "checkpoints": sizes.checkpoints,
+            "val": fingerprint(hidden.val), "test": fingerprint(hidden.test),
+            "seed_corpus": fingerprint(hidden.seed), "max_length": sizes.max_length,
+            "checkpoints": sizes.checkpoints,
             "expert": [sizes.expert_epochs, sizes.expert_lr, sizes.batch_size],
-            "leak": sizes.leak, "layers": sizes.layers, "seed": sizes.seed,
-            "select_batch": sizes.select_batch_size}
+            "leak": sizes.leak, "layers": sizes.layers, "heal": sizes.heal_key(),
+            "seed": sizes.seed, "select_batch": sizes.select_batch_size}
 
 
 def _leaked(hidden: Hidden, sizes: Sizes) -> list[dict]:
@@ -332,7 +345,8 @@ def _leaked(hidden: Hidden, sizes: Sizes) -> list[dict]:
 
 def _train_expert(hidden: Hidden, sizes: Sizes, base_dir: Path, expert_dir: Path,
                   progress: bool) -> None:
-    """θf = θ0 fine-tuned on the hidden training data with its true labels."""
+    """θf = θ0 fine-tuned on the hidden training data with its true labels (never on the
+    validation or test split)."""
     lm = hidden.task == "lm"
     cls = AutoModelForCausalLM if lm else AutoModelForSequenceClassification
     model = cls.from_pretrained(base_dir)
@@ -341,12 +355,13 @@ def _train_expert(hidden: Hidden, sizes: Sizes, base_dir: Path, expert_dir: Path
     texts = [r["text"] for r in hidden.train]
     labels = None if lm else [r["label"] for r in hidden.train]
     steps = max(1, math.ceil(sizes.expert_epochs * len(texts) / sizes.batch_size))
-    train(model, framing, texts, labels,
-          Recipe(steps=steps, lr=sizes.expert_lr, batch_size=sizes.batch_size, seed=sizes.seed),
-          progress=progress)
+    log = train(model, framing, texts, labels,
+                Recipe(steps=steps, lr=sizes.expert_lr, batch_size=sizes.batch_size, seed=sizes.seed),
+                progress=progress)
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        output.write_json(tmp / "expert.json", {"steps": steps, "final_train_loss": log.final_loss})
 
     output.atomic_folder(expert_dir, write, overwrite=True)
