@@ -83,7 +83,76 @@ def _write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def run_demo(
+@dataclass
+class Prepared:
+    """Everything the evaluation of a demo needs: models, corpus, selections, evaluation sets,
+    and how each row (strategy, variant, oracle) draws its training set."""
+
+    hidden: Hidden
+    sizes: Sizes
+    strategies: list[str]
+    work: Path
+    base_dir: Path
+    expert_dir: Path
+    corpus_rows: list[dict]
+    runs: dict[str, Run]  # "" = the main select run, else a variant's
+    stages: Stages
+
+    def __post_init__(self):
+        self.lm = self.hidden.task == "lm"
+        self.main = self.runs[""]
+        self.rows = {name: self.main.selections[name] for name in self.strategies}
+        self.rows |= {name: self.runs[name].selections["select"] for name in self.sizes.variants}
+        self.names = [*self.rows, "oracle"]
+        scores = pq.read_table(self.main.folder / "scores.parquet")
+        self.autolabels = None if self.lm else scores.column("autolabel").to_numpy()
+        # θf's probability of each autolabel: low values mean the label a selection trains on
+        # is a coin toss, which the test set never needs to reveal.
+        self.confidence = (None if self.lm else
+                           np.exp(-scores.column("loss_finetuned").to_numpy()))
+        self.corpus_texts = [r["text"] for r in self.corpus_rows]
+        self.train_texts = [r["text"] for r in self.hidden.train]
+        self.train_labels = None if self.lm else [r["label"] for r in self.hidden.train]
+        self._setups: dict[str, Setup] = {}
+
+    def sets(self, with_test: bool = True) -> EvalSets:
+        """Test and validation; without the test split (tuning), validation stands in for it."""
+        def part(rows):
+            return [r["text"] for r in rows], None if self.lm else [r["label"] for r in rows]
+
+        if not with_test:
+            return EvalSets(*part(self.hidden.val))
+        return EvalSets(*part(self.hidden.test), *part(self.hidden.val))
+
+    def setup_for(self, name: str) -> Setup:
+        """θ0 as select saw it for this row (a zero-head variant retrains a zero-head θ0)."""
+        run = self.main if name in self.strategies or name == "oracle" else self.runs[name]
+        head = run.manifest.get("head_init") or "none"
+        if head not in self._setups:
+            # The cache's own paths, not those recorded in the manifest: a moved cache works.
+            self._setups[head] = load_setup(run.config(base=str(self.base_dir),
+                                                       finetuned=str(self.expert_dir)))
+        return self._setups[head]
+
+    def picks(self, name: str, k: int, seed: int = 0) -> list[int]:
+        """Rows a row trains on at seed `seed` (corpus rows; training rows for the oracle)."""
+        if name == "random":  # redrawn for every seed (the protocol's policy)
+            return redraw(len(self.corpus_rows), k, seed)
+        if name == "oracle":
+            return redraw(len(self.train_texts), k, seed)
+        return [r["index"] for r in self.rows[name][:k]]  # greedy, top-k, loss: prefixes of K_max
+
+    def draw(self, name: str, k: int) -> protocol.Draw:
+        if name == "oracle":
+            return redrawn(self.train_texts, self.train_labels, k)
+        if name == "random":
+            return redrawn(self.corpus_texts, self.autolabels, k)
+        idx = self.picks(name, k)
+        return fixed([self.corpus_texts[i] for i in idx],
+                     None if self.lm else self.autolabels[idx].tolist())
+
+
+def prepare(
     hidden: Hidden,
     make_base: Callable[[Path], None],
     sizes: Sizes,
@@ -91,26 +160,17 @@ def run_demo(
     strategies: list[str],
     progress: bool = True,
     log: Callable[[str], None] = print,
-    encoder_folder: str | Path | None = None,
-) -> dict:
-    """Run (or resume) the whole demo and return the results as a dict."""
+) -> Prepared:
+    """Build (or reuse) the seed corpus, θ0, the expert θf and every select run."""
     cache = Path(cache)
     stages = Stages(log)
-    lm = hidden.task == "lm"
     leaked_rows = _leaked(hidden, sizes)
     corpus_rows = [{"text": r["text"], "source": r["source"], "leaked": False} for r in hidden.seed]
     corpus_rows += [{"text": r["text"], "source": "hidden (leaked)", "leaked": True}
                     for r in leaked_rows]
     corpus_rows = [corpus_rows[i] for i in np.random.default_rng(sizes.seed).permutation(len(corpus_rows))]
-
-    base_key = fingerprint({"task": hidden.task, "seed": sizes.seed, "layers": sizes.layers,
-                            "labels": hidden.label_names, "heal": sizes.heal_key()})
     work = cache / f"{hidden.name or hidden.task}-{fingerprint(_work_key(hidden, sizes))}"
-    # The expert does not depend on the seed corpus: presets that share its recipe share it.
-    expert_key = {"base": base_key, "train": fingerprint(hidden.train), "seed": sizes.seed,
-                  "recipe": [sizes.max_length, sizes.expert_epochs, sizes.expert_lr, sizes.batch_size]}
-    base_dir = cache / f"base-{base_key}"
-    expert_dir = cache / f"expert-{fingerprint(expert_key)}"
+    base_dir, expert_dir = model_dirs(hidden, sizes, cache)
     corpus_path = work / "corpus.jsonl"
     work.mkdir(parents=True, exist_ok=True)
 
@@ -120,10 +180,7 @@ def run_demo(
         os.replace(tmp, corpus_path)
 
     stages.run("write seed corpus", corpus_path.exists(), write_corpus)
-    stages.run("build base θ0", (base_dir / "config.json").exists(),
-               lambda: output.atomic_folder(base_dir, make_base, overwrite=True))
-    stages.run("fine-tune expert θf", (expert_dir / "config.json").exists(),
-               lambda: _train_expert(hidden, sizes, base_dir, expert_dir, progress))
+    build_models(hidden, make_base, sizes, cache, stages, progress)
 
     k_max = max(sizes.ks)
     runs: dict[str, Run] = {}
@@ -144,63 +201,63 @@ def run_demo(
                        store=None if store is None else str(store),
                        overwrite=True, progress=progress))
         runs[name] = load_run(folder)
+    return Prepared(hidden, sizes, strategies, work, base_dir, expert_dir, corpus_rows, runs,
+                    stages)
 
-    # θ0 as select saw it, per head init (a zero-head variant retrains a zero-head θ0).
-    setups: dict[str, Setup] = {}
 
-    def setup_for(run: Run) -> Setup:
-        head = run.manifest.get("head_init") or "none"
-        if head not in setups:
-            # The cache's own paths, not those recorded in the manifest: a moved cache still works.
-            setups[head] = load_setup(run.config(base=str(base_dir), finetuned=str(expert_dir)))
-        return setups[head]
+def model_dirs(hidden: Hidden, sizes: Sizes, cache: Path) -> tuple[Path, Path]:
+    """Where θ0 and θf live in the cache. The expert does not depend on the seed corpus:
+    presets that share its recipe share it."""
+    base_key = fingerprint({"task": hidden.task, "seed": sizes.seed, "layers": sizes.layers,
+                            "labels": hidden.label_names, "heal": sizes.heal_key()})
+    expert_key = {"base": base_key, "train": fingerprint(hidden.train), "seed": sizes.seed,
+                  "recipe": [sizes.max_length, sizes.expert_epochs, sizes.expert_lr, sizes.batch_size]}
+    return Path(cache) / f"base-{base_key}", Path(cache) / f"expert-{fingerprint(expert_key)}"
 
-    main = runs[""]
-    sets = EvalSets([r["text"] for r in hidden.test], None if lm else [r["label"] for r in hidden.test],
-                    [r["text"] for r in hidden.val], None if lm else [r["label"] for r in hidden.val])
-    train_texts = [r["text"] for r in hidden.train]
-    train_labels = None if lm else [r["label"] for r in hidden.train]
-    evals = work / "evals"
+
+def build_models(hidden: Hidden, make_base: Callable[[Path], None], sizes: Sizes, cache: Path,
+                 stages: Stages, progress: bool = True) -> tuple[Path, Path]:
+    """Build (or reuse) θ0 and the expert θf in the cache."""
+    base_dir, expert_dir = model_dirs(hidden, sizes, cache)
+    stages.run("build base θ0", (base_dir / "config.json").exists(),
+               lambda: output.atomic_folder(base_dir, make_base, overwrite=True))
+    stages.run(f"fine-tune expert θf ({sizes.expert_epochs:g} epochs)",
+               (expert_dir / "config.json").exists(),
+               lambda: _train_expert(hidden, sizes, base_dir, expert_dir, progress))
+    return base_dir, expert_dir
+
+
+def run_demo(
+    hidden: Hidden,
+    make_base: Callable[[Path], None],
+    sizes: Sizes,
+    cache: Path,
+    strategies: list[str],
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    encoder_folder: str | Path | None = None,
+) -> dict:
+    """Run (or resume) the whole demo and return the results as a dict."""
+    cache = Path(cache)
+    p = prepare(hidden, make_base, sizes, cache, strategies, progress, log)
+    stages, lm, runs, names = p.stages, p.lm, p.runs, p.names
+    corpus_rows, train_texts, train_labels = p.corpus_rows, p.train_texts, p.train_labels
+    autolabels, confidence, k_max = p.autolabels, p.confidence, max(sizes.ks)
+    sets = p.sets()
+    evals = p.work / "evals"
     evals.mkdir(exist_ok=True)
 
     def point(name: str, model_of: Callable[[Setup], torch.nn.Module]) -> dict:
         path = evals / f"{name}-{sets.fingerprint()}.json"
         if not path.exists():
-            _write_json_atomic(path, sets.measure(setup_for(main), model_of(setup_for(main))))
+            setup = p.setup_for("oracle")
+            _write_json_atomic(path, sets.measure(setup, model_of(setup)))
         return json.loads(path.read_text())
 
     start = time.perf_counter()
     base_value = point("base", lambda s: s.pair.base)
     expert_value = point("expert", lambda s: s.pair.finetuned)
 
-    rows = {name: main.selections[name] for name in strategies}
-    rows |= {name: runs[name].selections["select"] for name in sizes.variants}
-    scores = pq.read_table(main.folder / "scores.parquet")
-    autolabels = None if lm else scores.column("autolabel").to_numpy()
-    # θf's probability of each autolabel: low values mean the label a selection trains on is a
-    # coin toss, which the test set never needs to reveal.
-    confidence = None if lm else np.exp(-scores.column("loss_finetuned").to_numpy())
-    corpus_texts = [r["text"] for r in corpus_rows]
-
-    def picks(name: str, k: int, seed: int) -> list[int]:
-        if name == "random":  # redrawn for every seed (the protocol's policy)
-            return redraw(len(corpus_rows), k, seed)
-        if name == "oracle":
-            return redraw(len(train_texts), k, seed)
-        return [r["index"] for r in rows[name][:k]]  # greedy, top-k, loss: prefixes of K_max
-
-    def draw_for(name: str, k: int):
-        if name == "oracle":
-            return redrawn(train_texts, train_labels, k)
-        if name == "random":
-            return redrawn(corpus_texts, autolabels, k)
-        idx = picks(name, k, 0)
-        return fixed([corpus_texts[i] for i in idx], None if lm else autolabels[idx].tolist())
-
-    def run_for(name: str) -> Run:
-        return main if name in strategies or name == "oracle" else runs[name]
-
-    names = [*rows, "oracle"]
     seeds = list(range(sizes.seeds))
     schedule = sizes.schedule()
     budgets = {1.0: schedule}
@@ -213,7 +270,7 @@ def run_demo(
     bar = tqdm(jobs, desc="retrain", disable=not progress, unit="row")
     for name, k, f in bar:
         bar.set_postfix_str(f"{name} K={k}" + (f" budget ×{f:g}" if f != 1.0 else ""), refresh=True)
-        measured[name, k, f] = protocol.evaluate(setup_for(run_for(name)), draw_for(name, k), k,
+        measured[name, k, f] = protocol.evaluate(p.setup_for(name), p.draw(name, k), k,
                                                  budgets[f], seeds, sets, cache=evals)
     stages.seconds["retrain + measure"] = round(time.perf_counter() - start, 1)
 
@@ -240,13 +297,13 @@ def run_demo(
     results_rows: dict[str, dict] = {}
     first_picks: dict[str, list[dict]] = {}
     for name in names:
-        pool = train_texts if name == "oracle" else corpus_texts
-        full = picks(name, k_max, 0)
+        pool = train_texts if name == "oracle" else p.corpus_texts
+        full = p.picks(name, k_max, 0)
         emb = embed(name, [pool[i] for i in full])
         per_k = {}
         for k in sizes.ks:
             entry = {**measured[name, k, 1.0], "ot": ot_distance(emb[:k], true_emb)}
-            idx = picks(name, k, 0)
+            idx = p.picks(name, k, 0)
             if name == "oracle":
                 if not lm:
                     entry["labels"] = distribution([train_labels[i] for i in idx], hidden.label_names)
@@ -295,7 +352,7 @@ def run_demo(
         "true_labels": None if lm else distribution(train_labels, hidden.label_names),
         "base": base_value,
         "expert": expert_value,
-        "base_model": _base_info(base_dir),
+        "base_model": _base_info(p.base_dir),
         "strategies": results_rows,
         "oracle": oracle,
         "curves": curves,
@@ -305,8 +362,8 @@ def run_demo(
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(),
                     "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-                    "device": str(setup_for(main).pair.device)},
-        "cache": str(work),
+                    "device": str(p.setup_for("oracle").pair.device)},
+        "cache": str(p.work),
         "versions": output.versions(),
     }
     if sizes.recipe_check:
