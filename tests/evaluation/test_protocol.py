@@ -106,3 +106,36 @@ def test_random_rows_are_redrawn_per_seed(setup):
         again = evaluate(setup, fixed([texts[j] for j in idx], [labels[j] for j in idx]), 8,
                          schedule, [seed], sets)
         assert again["values"] == [out["values"][i]]
+
+
+def test_processes_sharing_a_cache_split_the_seeds(setup, tmp_path):
+    """A seed locked by a live process is left to it (wait=False returns None and trains
+    nothing for it); a lock left by a dead process is taken over."""
+    import subprocess
+    import sys
+
+    rows = tiny.corpus(16, seed=6)
+    texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
+    sets, schedule = _sets(), Schedule(min_steps=3, epochs=1, lr=1e-2, batch_size=8)
+    args = (setup, fixed(texts, labels), 16, schedule, [0, 1], sets)
+    evaluate(*args, cache=tmp_path / "probe")  # learn the result file names
+    names = sorted(p.name for p in (tmp_path / "probe").glob("*.json"))
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        cache = tmp_path / "shared"
+        cache.mkdir()
+        for name in names:
+            (cache / f".{name}.lock").write_text(str(live.pid))
+        assert evaluate(*args, cache=cache, wait=False) is None
+        assert not list(cache.glob("*.json"))  # nothing trained: both seeds are held
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        (cache / f".{names[0]}.lock").write_text(str(dead.pid))
+        assert evaluate(*args, cache=cache, wait=False) is None
+        assert [p.name for p in cache.glob("*.json")] == [names[0]]  # the dead one's, taken over
+    finally:
+        live.kill()
+        live.wait()
+    (cache / f".{names[1]}.lock").unlink()
+    out = evaluate(*args, cache=cache, wait=False)
+    assert out == evaluate(*args, cache=tmp_path / "probe") and not list(cache.glob(".*.lock"))

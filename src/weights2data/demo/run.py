@@ -27,7 +27,16 @@ from ..config import ModelConfig
 from ..evaluation import protocol
 from ..evaluation.evaluate import Run, load_run
 from ..evaluation.metrics import SentenceEncoder, distribution, leakage, ot_distance
-from ..evaluation.protocol import EvalSets, Setup, fingerprint, fixed, load_setup, redraw, redrawn
+from ..evaluation.protocol import (
+    EvalSets,
+    Setup,
+    fingerprint,
+    fixed,
+    load_setup,
+    redraw,
+    redrawn,
+    write_atomic,
+)
 from ..evaluation.train import Recipe, train
 from ..framings import make_framing
 from ..pipeline import select
@@ -75,12 +84,6 @@ class Stages:
 
 def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    output.write_json(tmp, obj)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -251,7 +254,7 @@ def run_demo(
         path = evals / f"{name}-{sets.fingerprint()}.json"
         if not path.exists():
             setup = p.setup_for("oracle")
-            _write_json_atomic(path, sets.measure(setup, model_of(setup)))
+            write_atomic(path, sets.measure(setup, model_of(setup)))
         return json.loads(path.read_text())
 
     start = time.perf_counter()
@@ -265,13 +268,22 @@ def run_demo(
     if sizes.recipe_check:
         budgets |= {f: schedule.scaled(f) for f in (0.5, 2.0)}
     jobs = [(name, k, 1.0) for k in sizes.ks for name in names]
-    jobs += [(name, check_k, f) for f in budgets if f != 1.0 for name in names]
+    # The recipe check reruns the strategies and the oracle (not the SELECT variants).
+    checked = [*strategies, "oracle"]
+    jobs += [(name, check_k, f) for f in budgets if f != 1.0 for name in checked]
     measured: dict[tuple[str, int, float], dict] = {}
-    bar = tqdm(jobs, desc="retrain", disable=not progress, unit="row")
-    for name, k, f in bar:
-        bar.set_postfix_str(f"{name} K={k}" + (f" budget ×{f:g}" if f != 1.0 else ""), refresh=True)
-        measured[name, k, f] = protocol.evaluate(p.setup_for(name), p.draw(name, k), k,
-                                                 budgets[f], seeds, sets, cache=evals)
+    bar = tqdm(total=len(jobs), desc="retrain", disable=not progress, unit="row")
+    # Two passes: the first skips rows another process sharing the cache is working on, the
+    # second waits for them, so several `demo` processes split one grid between them.
+    for wait in (False, True):
+        for name, k, f in [j for j in jobs if j not in measured]:
+            bar.set_postfix_str(f"{name} K={k}" + (f" budget ×{f:g}" if f != 1.0 else ""))
+            out = protocol.evaluate(p.setup_for(name), p.draw(name, k), k, budgets[f], seeds,
+                                    sets, cache=evals, wait=wait)
+            if out is not None:
+                measured[name, k, f] = out
+                bar.update()
+    bar.close()
     stages.seconds["retrain + measure"] = round(time.perf_counter() - start, 1)
 
     # Similarity to the true data: OT distance, labels, sources, leakage (seed-0 selections).
@@ -370,7 +382,7 @@ def run_demo(
         from .recipe_check import compare
 
         results["recipe_check"] = compare(
-            {f: {n: measured[n, check_k, f] for n in names} for f in budgets}, check_k,
+            {f: {n: measured[n, check_k, f] for n in checked} for f in budgets}, check_k,
             lower_is_better=lm)
     return results
 

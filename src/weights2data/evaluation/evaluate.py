@@ -5,7 +5,6 @@ label/source distributions, leakage and (given the true data) the OT distance an
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 
 from ..config import UserError
 from ..corpus import load_corpus
-from ..output import MANIFEST, versions, write_json
+from ..output import MANIFEST, versions
 from ..pipeline import make_config
 from . import protocol
 from .metrics import SentenceEncoder, distribution, leakage, ot_distance
@@ -187,9 +186,4 @@ def _all_autolabels(run: Run) -> np.ndarray:
 
 def write_results(results: dict, path: str | Path) -> Path:
     """Write results.json atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    write_json(tmp, results)
-    os.replace(tmp, path)
-    return path
+    return protocol.write_atomic(path, results)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,38 +141,93 @@ def train_and_measure(setup: Setup, texts: list[str], labels: list[int] | None, 
 
 
 def evaluate(setup: Setup, draw: Draw, k: int, schedule: Schedule, seeds: Sequence[int],
-             sets: EvalSets, cache: str | Path | None = None, progress: bool = False) -> dict:
+             sets: EvalSets, cache: str | Path | None = None, progress: bool = False,
+             wait: bool = True) -> dict | None:
     """The protocol for one row (a strategy at one K): per seed, train a fresh θ0 on
     `draw(seed)` with `schedule`'s recipe for its size, measure test (and validation).
 
     With `cache`, each seed's result is stored under a fingerprint of θ0, the recipe, the
     exact training set and the evaluation sets, so it can never belong to another selection
-    and an interrupted run resumes where it stopped. Returns the test metric's mean, sd, n
-    and per-seed values, the same for validation (`val`), the final training losses and the
-    recipe."""
+    and an interrupted run resumes where it stopped. Several processes may share one cache: a
+    seed another live process is computing is left to it; with `wait=False` the call then
+    returns None instead of waiting for it. Returns the test metric's mean, sd, n and per-seed
+    values, the same for validation (`val`), the final training losses and the recipe."""
     if not seeds:
         raise ValueError("the protocol needs at least one seed")
-    runs = []
-    for seed in seeds:
-        texts, labels = draw(seed)
-        recipe = schedule.recipe(len(texts), seed)
-        path = None
-        if cache is not None:
+    runs: dict[int, dict] = {}
+    while True:
+        busy = False
+        for seed in seeds:
+            if seed in runs:
+                continue
+            texts, labels = draw(seed)
+            recipe = schedule.recipe(len(texts), seed)
+            if cache is None:
+                runs[seed] = train_and_measure(setup, texts, labels, recipe, sets, progress)
+                continue
             key = fingerprint([setup.key, recipe.to_dict(), texts, labels, sets.fingerprint()])
             path = Path(cache) / f"{key}.json"
+            if not path.is_file() and _claim(path):
+                try:
+                    if not path.is_file():  # finished by another process since we looked
+                        write_atomic(path, train_and_measure(setup, texts, labels, recipe, sets,
+                                                              progress))
+                finally:
+                    _lock(path).unlink(missing_ok=True)
             if path.is_file():
-                runs.append(json.loads(path.read_text()))
-                continue
-        result = train_and_measure(setup, texts, labels, recipe, sets, progress)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-            write_json(tmp, result)
-            os.replace(tmp, path)
-        runs.append(result)
-    out = {"metric": setup.metric, "k": k, **summarise([r["test"] for r in runs]),
-           "seeds": list(seeds), "recipe": {**schedule.recipe(k).to_dict(), "steps": runs[0]["steps"], "seed": None},
-           "train_loss": summarise([r["train_loss"] for r in runs])}
-    if all("val" in r for r in runs):
-        out["val"] = summarise([r["val"] for r in runs])
+                runs[seed] = json.loads(path.read_text())
+            else:
+                busy = True
+        if not busy:
+            break
+        if not wait:
+            return None
+        time.sleep(2)
+    ordered = [runs[s] for s in seeds]
+    out = {"metric": setup.metric, "k": k, **summarise([r["test"] for r in ordered]),
+           "seeds": list(seeds),
+           "recipe": {**schedule.recipe(k).to_dict(), "steps": ordered[0]["steps"], "seed": None},
+           "train_loss": summarise([r["train_loss"] for r in ordered])}
+    if all("val" in r for r in ordered):
+        out["val"] = summarise([r["val"] for r in ordered])
     return out
+
+
+def _lock(path: Path) -> Path:
+    return path.with_name(f".{path.name}.lock")
+
+
+def _claim(path: Path) -> bool:
+    """Take the lock of a cached result (True), unless a live process holds it (False); a lock
+    left by a process that died is taken over."""
+    lock = _lock(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text() or 0)
+                os.kill(pid, 0)
+                return False  # alive (or not ours to signal): its owner will finish it
+            except ProcessLookupError:
+                lock.unlink(missing_ok=True)  # its owner died: take it over
+                continue
+            except (ValueError, FileNotFoundError):
+                return False  # being written or just released: look again later
+            except PermissionError:
+                return False
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
+def write_atomic(path: str | Path, obj) -> Path:
+    """Write JSON through a temporary file renamed into place: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    write_json(tmp, obj)
+    os.replace(tmp, path)
+    return path
