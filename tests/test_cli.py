@@ -151,7 +151,12 @@ def test_bad_inputs_give_one_line_errors(bert_run, tmp_path, capsys):
     _expect_error(capsys, run(str(blank), "--k", "1"), "row 1")
     nothing = tiny.write_jsonl([{"text": "the team won"}, {"text": "\u200b"}], tmp_path / "zw.jsonl")
     _expect_error(capsys, run(str(nothing), "--k", "1"), "row 1 tokenises to")
-    _expect_error(capsys, _select(base, base, corpus, out, "--k", "3"), "identical in both checkpoints")
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes('{"text": "fine"}\n{"text": "caf\u00e9 au lait"}\n'.encode("latin-1"))
+    _expect_error(capsys, run(str(latin), "--k", "1"), f"{latin} is not UTF-8 text: line 2")
+    _expect_error(capsys, _select(base, base, corpus, out, "--k", "3"), "same model")
+    _expect_error(capsys, run(corpus, "--k", "3", "--layers", "bert.*.nothing"),
+                  "matches no linear module; the model has: bert.encoder.layer.*.attention")
     _expect_error(capsys, run(corpus, "--k", "3", "--task", "lm"), "has no parameter")
     assert not out.exists()
 
@@ -159,6 +164,33 @@ def test_bad_inputs_give_one_line_errors(bert_run, tmp_path, capsys):
     _expect_error(capsys, run(corpus, "--k", "3"), "already holds a finished run")
     assert run(corpus, "--k", "4", "--overwrite") == 0
     assert len((out / "selected-select.jsonl").read_text().splitlines()) == 4
+
+
+def test_a_layer_that_did_not_change_is_named(tmp_path, capsys):
+    model, tok = tiny.bert_classifier()
+    base = tiny.save(model, tok, tmp_path / "base")
+    with torch.no_grad():  # a fine-tune that left the head alone
+        model.bert.encoder.layer[1].output.dense.weight.add_(0.1)
+    ft = tiny.save(model, tok, tmp_path / "ft")
+    corpus = str(tiny.write_jsonl(tiny.corpus(8), tmp_path / "c.jsonl"))
+    code = _select(base, ft, corpus, tmp_path / "o", "--k", "2", "--layers", "last")
+    _expect_error(capsys, code, "the last layer classifier is identical in both checkpoints")
+    code = _select(base, ft, corpus, tmp_path / "o", "--k", "2", "--layers", "bert.encoder.layer.?.output.dense")
+    _expect_error(capsys, code, "layer bert.encoder.layer.0.output.dense is identical")
+    assert _select(base, ft, corpus, tmp_path / "o", "--k", "2") == 0  # auto: the layer that changed
+    manifest = json.loads((tmp_path / "o/manifest.json").read_text())
+    assert [la["name"] for la in manifest["layers"]] == ["bert.encoder.layer.1.output.dense"]
+
+
+def test_max_length_beyond_the_model_is_clamped_and_recorded(tmp_path):
+    model, tok = tiny.gpt2_lm()  # 64 positions
+    base = tiny.save(model, tok, tmp_path / "base")
+    ft = tiny.save(tiny.perturbed(model), tok, tmp_path / "ft")
+    long = [{"text": " ".join([r["text"] for r in tiny.corpus(12)])}] * 3
+    corpus = str(tiny.write_jsonl(long + tiny.corpus(5), tmp_path / "c.jsonl"))
+    assert _select(base, ft, corpus, tmp_path / "o", "--k", "2", "--max-length", "128",
+                   "--exact-max", "100", "--projection-dim", "16") == 0
+    assert json.loads((tmp_path / "o/manifest.json").read_text())["max_length"] == 64
 
 
 def test_label_words_must_be_single_tokens(tmp_path, capsys):

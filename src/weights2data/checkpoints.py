@@ -28,7 +28,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass
 class CheckpointPair:
-    """θ0 and θf, in eval mode on one device, with the tokenizer they share."""
+    """θ0 and θf, in eval mode on one device, with the tokenizer they share. For a PEFT LoRA
+    adapter θf is base + adapter merged, and `adapter` keeps the adapter's own factors:
+    {module name in the base: (A (r, in), B (out, r), scaling)}, ΔW = scaling·B A."""
 
     base: PreTrainedModel
     finetuned: PreTrainedModel
@@ -36,6 +38,31 @@ class CheckpointPair:
     task: Task
     device: torch.device
     base_missing: list[str] = field(default_factory=list)  # initialised, not loaded, in θ0
+    adapter: dict[str, tuple[torch.Tensor, torch.Tensor, float]] | None = None
+    adapter_saved: list[str] = field(default_factory=list)  # modules the adapter trained in full
+    dtype: str = "float32"  # the resolved compute dtype
+
+    @property
+    def max_positions(self) -> int | None:
+        """How many positions the model can embed (None: no fixed limit known)."""
+        return max_positions(self.base.config)
+
+
+def max_positions(config) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def resolve_dtype(name: str, device: torch.device) -> str:
+    """`auto`: bfloat16 on a GPU that supports it, float32 elsewhere."""
+    if name != "auto":
+        return name
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bfloat16"
+    return "float32"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -85,7 +112,7 @@ def _load_model(path: str, cfg: ModelConfig, task: Task, is_base: bool, **kwargs
     try:
         model, info = cls.from_pretrained(
             path,
-            dtype=DTYPES[cfg.dtype],
+            dtype=DTYPES[resolve_dtype(cfg.dtype, resolve_device(cfg.device))],
             trust_remote_code=cfg.trust_remote_code,
             output_loading_info=True,
             **_gguf_for(path, cfg.gguf_file, is_base),
@@ -106,13 +133,15 @@ def _load_tokenizer(path: str, cfg: ModelConfig, is_base: bool) -> PreTrainedTok
 
 
 def load_pair(cfg: ModelConfig, seed: int = 0) -> CheckpointPair:
-    """Load θ0 and θf, merge a PEFT adapter into θf, and check the pair is comparable."""
+    """Load θ0 and θf (a PEFT LoRA adapter is applied to the base, its factors kept), and
+    check the pair is comparable."""
     task = detect_task(cfg)
     device = resolve_device(cfg.device)
     # Weights missing from a checkpoint are initialised randomly: seed that, so runs repeat.
     torch.manual_seed(seed)
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
+    adapter_factors, saved = None, []
     try:
         adapter = _adapter_config(cfg.finetuned)
         extra: dict = {}
@@ -120,8 +149,9 @@ def load_pair(cfg: ModelConfig, seed: int = 0) -> CheckpointPair:
             ft_cfg = _load_config(cfg.base if adapter else cfg.finetuned, cfg, is_base=bool(adapter))
             extra = {"num_labels": ft_cfg.num_labels}
         if adapter is not None:
+            check_adapter(adapter, cfg.base, cfg.finetuned)
             finetuned, _ = _load_model(cfg.base, cfg, task, is_base=True, **extra)
-            finetuned = _merge_adapter(finetuned, cfg.finetuned)
+            finetuned, adapter_factors, saved = apply_adapter(finetuned, cfg.finetuned)
             ft_missing: list[str] = []
         else:
             finetuned, ft_missing = _load_model(cfg.finetuned, cfg, task, is_base=False)
@@ -142,18 +172,69 @@ def load_pair(cfg: ModelConfig, seed: int = 0) -> CheckpointPair:
     _prepare_padding(tokenizer, base, finetuned)
     for m in (base, finetuned):
         m.to(device).eval()
-    return CheckpointPair(base, finetuned, tokenizer, task, device, base_missing)
+    if adapter_factors:
+        adapter_factors = {n: (a.to(device), b.to(device), s) for n, (a, b, s) in adapter_factors.items()}
+    return CheckpointPair(base, finetuned, tokenizer, task, device, base_missing, adapter_factors,
+                          saved, resolve_dtype(cfg.dtype, device))
 
 
-def _merge_adapter(model: PreTrainedModel, adapter_path: str) -> PreTrainedModel:
+SUPPORTED_ADAPTERS = "LoRA adapters on linear modules (q/k/v/o, MLP, lm_head)"
+
+
+def check_adapter(config: dict, base: str, path: str) -> None:
+    """Refuse adapters other than plain LoRA, and one trained on another base model."""
+    kind = str(config.get("peft_type", "")).upper()
+    if kind != "LORA":
+        raise UserError(f"{path} is a {kind or 'unknown'} PEFT adapter; weights2data supports "
+                        f"{SUPPORTED_ADAPTERS}")
+    for key, what in (("use_dora", "DoRA"), ("lora_bias", "LoRA with a bias on B"),
+                      ("target_parameters", "LoRA on raw parameters")):
+        if config.get(key):
+            raise UserError(f"{path} is a {what} adapter; weights2data supports {SUPPORTED_ADAPTERS}")
+    if config.get("bias", "none") != "none":
+        raise UserError(f"{path} trains biases (bias={config['bias']!r}); weights2data supports "
+                        f"{SUPPORTED_ADAPTERS} with bias='none'")
+    named = config.get("base_model_name_or_path")
+    if named and Path(str(named).rstrip("/")).name.lower() != Path(str(base).rstrip("/")).name.lower():
+        raise UserError(f"the adapter {path} was trained on {named}, but --base is {base}; pass that "
+                        "base (or fix base_model_name_or_path in adapter_config.json if this is a "
+                        "renamed copy of it)")
+
+
+def apply_adapter(model: PreTrainedModel, adapter_path: str):
+    """(θf = base + adapter merged, {module: (A, B, scaling)}, modules saved in full)."""
     from peft import PeftModel
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.lora import LoraLayer
 
     try:
-        return PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
+        peft_model = PeftModel.from_pretrained(model, adapter_path)
     except (OSError, ValueError, RuntimeError, KeyError) as err:
-        raise UserError(
-            f"cannot apply the PEFT adapter {adapter_path} to the base: {str(err).splitlines()[0]}"
-        ) from err
+        lines = str(err).splitlines()
+        line = next((x.strip() for x in lines if "mismatch" in x), lines[0] if lines else repr(err))
+        raise UserError(f"cannot apply the PEFT adapter {adapter_path} to the base: {line}") from err
+    name = peft_model.active_adapter
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
+    prefix = "base_model.model."
+    for full, module in peft_model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        where = full.removeprefix(prefix)
+        if not isinstance(module, LoraLinear) or name not in module.lora_A:
+            raise UserError(f"{adapter_path}: module {where} is not a LoRA linear layer; "
+                            f"weights2data supports {SUPPORTED_ADAPTERS}")
+        a = module.lora_A[name].weight.detach().float()
+        b = module.lora_B[name].weight.detach().float()
+        s = float(module.scaling[name])
+        delta = module.get_delta_weight(name).float()
+        delta = delta.T if module.fan_in_fan_out else delta
+        if not torch.allclose(delta, s * (b @ a), rtol=1e-4, atol=1e-6 * (1 + delta.abs().max())):
+            raise UserError(f"{adapter_path}: module {where} is a LoRA variant whose update is not "
+                            f"scaling·B·A; weights2data supports {SUPPORTED_ADAPTERS}")
+        factors[where] = (a.cpu(), b.cpu(), s)
+    saved = [full.removeprefix(prefix).removesuffix(".modules_to_save." + name)
+             for full, _ in peft_model.named_modules() if full.endswith(".modules_to_save." + name)]
+    return peft_model.merge_and_unload(), factors, saved
 
 
 def check_compatible(

@@ -33,18 +33,27 @@ def _add_select(sub) -> None:
                    help="P synthetic checkpoints θ0 + j/P·Δ, j < P (default 3; 1 = θ0 only)")
     p.add_argument("--grad-at", choices=["interpolated", "finetuned"], default="interpolated",
                    help="take gradients at the interpolated checkpoints, or at θf only")
+    p.add_argument("--layers", nargs="+", default=["auto"], metavar="L",
+                   help="which layers' gradients: auto (default: last if it changed, else "
+                        "changed), last, changed, adapter, or module names/globs such as "
+                        "'model.layers.*.mlp.down_proj'")
     p.add_argument("--projection", choices=["kronecker", "dense-rademacher", "dense-gaussian"],
-                   default="kronecker", help="used when the last layer exceeds --exact-max entries")
+                   default="kronecker", help="used when the layers exceed --exact-max entries")
     p.add_argument("--projection-dim", type=int, default=4096)
     p.add_argument("--exact-max", type=int, default=65_536,
-                   help="keep gradients exact up to this many entries (default 65536)")
+                   help="keep gradients exact up to this many entries, all layers together "
+                        "(default 65536)")
     p.add_argument("--reset-every", type=int, help="select-batched: picks per batch (default K/10)")
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-tokens", type=int,
+                   help="padded tokens per batch, longest documents first (default: 4096 on a "
+                        "CPU, sized to free memory on a GPU)")
+    p.add_argument("--batch-size", type=int, help="also cap documents per batch (default: no cap)")
     p.add_argument("--limit", type=int, help="use only the first N corpus rows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="compute dtype (auto: bfloat16 on a GPU that supports it, else float32)")
     p.add_argument("--store", metavar="DIR",
                    help="keep labels, losses and gradients in a resumable on-disk store in DIR "
                         "(reused when the configuration matches; required under torchrun). "
@@ -73,6 +82,7 @@ def _run_select(args) -> None:
         strategies=args.strategy, task=args.task, labels=args.labels,
         prompt_template=args.prompt_template, text_column=args.text_column,
         gguf_file=args.gguf_file, head_init=args.head_init, checkpoints=args.checkpoints,
+        layers=args.layers, batch_tokens=args.batch_tokens,
         grad_at=args.grad_at, projection=args.projection, projection_dim=args.projection_dim,
         exact_max=args.exact_max, reset_every=args.reset_every, max_length=args.max_length,
         batch_size=args.batch_size, limit=args.limit, seed=args.seed, device=args.device,

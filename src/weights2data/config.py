@@ -36,7 +36,8 @@ class ModelConfig:
     prompt_template: str = "{text}"  # classify-tokens: the label word follows this
     gguf_file: str | None = None
     head_init: Literal["auto", "base", "zeros"] = "auto"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # auto: bfloat16 on a GPU that supports it, float32 elsewhere
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = "auto"
     trust_remote_code: bool = False
 
@@ -57,10 +58,13 @@ class GradientConfig:
 
     checkpoints: int = 3  # P: θ0 + j/P·Δ for j = 0..P-1
     grad_at: Literal["interpolated", "finetuned"] = "interpolated"
-    exact_max: int = 65_536  # keep gradients exact up to this many entries
+    # Which layers: auto, last, changed, adapter, or module names / globs (gradients/layers.py)
+    layers: list[str] = field(default_factory=lambda: ["auto"])
+    exact_max: int = 65_536  # keep gradients exact up to this many entries (all layers together)
     projection: Projection = "kronecker"
     projection_dim: int = 4096
-    batch_size: int = 32
+    batch_tokens: int | None = None  # padded tokens per batch (None: sized to the device)
+    batch_size: int | None = None  # at most this many documents per batch (None: no cap)
     seed: int = 0
     store: str | None = None  # a folder: passes go to a resumable on-disk store (store.py)
     store_dtype: Literal["float32", "float16", "bfloat16"] = "float32"

@@ -3,6 +3,7 @@ or a dataset saved with `save_to_disk`."""
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 
 import datasets
@@ -44,6 +45,9 @@ def load_corpus(path: str | Path, text_column: str = "text", limit: int | None =
                 raise UserError(f"corpus {path} is a DatasetDict; point at one split's folder")
         else:
             builder, files = _data_files(path)
+            if builder != "parquet":
+                for f in files:
+                    check_utf8(Path(f))
             ds = datasets.load_dataset(builder, data_files=files, split="train")
     except UserError:
         raise
@@ -55,6 +59,26 @@ def load_corpus(path: str | Path, text_column: str = "text", limit: int | None =
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     return validate(ds, text_column, str(path))
+
+
+def check_utf8(path: Path, chunk: int = 1 << 20) -> None:
+    """A UserError naming the first line of a text file that is not UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as err:
+                line += err.object[: err.start].count(b"\n")  # err.object: pending bytes + block
+                raise UserError(f"corpus file {path} is not UTF-8 text: line {line} has the byte "
+                                f"0x{err.object[err.start]:02x}; convert the file to UTF-8") from None
+            line += block.count(b"\n")
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise UserError(f"corpus file {path} is not UTF-8 text: it ends inside a character "
+                            f"(line {line}); convert the file to UTF-8") from None
 
 
 def validate(ds: datasets.Dataset, text_column: str, name: str = "corpus") -> datasets.Dataset:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from . import distributed, output, store
-from .checkpoints import CheckpointPair, load_pair
+from .checkpoints import DTYPES, CheckpointPair, load_pair
 from .config import (
     STRATEGIES,
     CorpusConfig,
@@ -21,10 +23,21 @@ from .config import (
     UserError,
 )
 from .corpus import load_corpus
-from .framings import Framing, make_framing
-from .gradients import Gradients, checkpoint_alphas, extract, make_projector
+from .framings import Framing, Tokens, make_framing
+from .gradients import (
+    Gradients,
+    Interpolation,
+    LayerSet,
+    Sketch,
+    checkpoint_alphas,
+    extract,
+    resolve,
+)
+from .gradients.extract import auto_batch_tokens
 from .labels import score_documents
 from .selection import Selection, confident_rows, needs_gradients, run_strategy
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -99,48 +112,78 @@ def select(cfg: SelectConfig | None = None, progress: bool = True, **kwargs) -> 
         raise UserError(f"--k {cfg.selection.k} is larger than the corpus ({len(texts)} documents)")
     with clock("load checkpoints"):
         pair = load_pair(cfg.model, seed=cfg.gradients.seed)
-        framing = make_framing(pair.task, pair.tokenizer, cfg.corpus.max_length, cfg.model)
+        max_length = effective_max_length(cfg.corpus.max_length, pair)
+        framing = make_framing(pair.task, pair.tokenizer, max_length, cfg.model)
     with clock("tokenise"):
-        lengths = _check_lengths(framing, texts)
+        tokens = framing.tokenize(texts)
+        _check_tokens(framing, tokens)
     info = {"task": pair.task, "documents": len(texts), "base_missing_parameters": pair.base_missing,
-            "last_layer": framing.last_layer_name(pair.base), "device": str(pair.device)}
+            "last_layer": framing.last_layer_name(pair.base), "device": str(pair.device),
+            "dtype": pair.dtype, "max_length": max_length, "tokens": int(tokens.lengths.sum())}
+    if pair.adapter is not None:
+        info["adapter"] = {"modules": len(pair.adapter), "saved_in_full": pair.adapter_saved}
     info["head_init"] = _init_head(cfg, pair, framing)
-    target = framing.last_layer(pair.base) - framing.last_layer(pair.finetuned)
-    if not torch.any(target != 0):
-        raise UserError(
-            f"the last layer ({info['last_layer']}) is identical in both checkpoints (a frozen head, "
-            "or an adapter that left it alone); SELECT needs a last layer that changed"
-        )
-    batch = cfg.gradients.batch_size
-    if cfg.gradients.store:
-        stored = _run_store(cfg, pair, framing, texts, lengths, target, info, world, clock, progress)
+    layers = resolve(cfg.gradients.layers, framing, pair.base, pair.finetuned, pair.adapter,
+                     pair.adapter_saved, DTYPES[pair.dtype])
+    info["layers"] = layers.describe()
+    g = cfg.gradients
+    batch_tokens = {"forward": g.batch_tokens or auto_batch_tokens(pair.base, backward=False),
+                    "gradients": g.batch_tokens or auto_batch_tokens(pair.base, bool(layers.inner))}
+    info["batch_tokens"] = batch_tokens
+    alphas = checkpoint_alphas(g.checkpoints, g.grad_at)
+    info["alphas"] = alphas
+    run = _Passes(cfg, pair, framing, layers, alphas, batch_tokens)
+    if g.store:
+        stored = _run_store(cfg, run, texts, tokens, info, world, clock, progress)
         if stored is None:
             return None
         labels, loss_ft, loss_base, grads = stored
         return _finish(cfg, texts, pair, framing, labels, loss_ft, loss_base, grads, info, clock,
                        progress)
     with clock("autolabel"):
-        labels, loss_ft = score_documents(framing, pair.finetuned, texts, batch, lengths=lengths,
-                                          progress=progress,
-                                          desc="autolabel" if framing.autolabel else "loss at θf")
-    alphas = checkpoint_alphas(cfg.gradients.checkpoints, cfg.gradients.grad_at)
-    info["alphas"] = alphas
+        labels, loss_ft = run.score(pair.finetuned, tokens, progress,
+                                    desc="autolabel" if framing.autolabel else "loss at θf")
     grads = None
     if needs_gradients(cfg.selection.strategies):
-        projector = make_projector(*target.shape, cfg.gradients.projection,
-                                   cfg.gradients.projection_dim, cfg.gradients.exact_max,
-                                   cfg.gradients.seed, pair.device)
         with clock("gradients"):
-            grads = extract(framing, pair.base, pair.finetuned, texts, labels, projector, target,
-                            alphas, batch, lengths, progress)
+            grads = run.gradients(tokens, labels, progress)
         info["projection"] = grads.projector
     loss_base = grads.base_loss if grads is not None else None
     if loss_base is None and "loss-diff" in cfg.selection.strategies:
         with clock("loss at θ0"):
-            _, loss_base = score_documents(framing, pair.base, texts, batch, labels, lengths,
-                                           progress, desc="loss at θ0")
+            _, loss_base = run.score(pair.base, tokens, progress, labels, desc="loss at θ0")
     return _finish(cfg, texts, pair, framing, labels, loss_ft, loss_base, grads, info, clock,
                    progress)
+
+
+class _Passes:
+    """The passes over (part of) the corpus, with everything they share."""
+
+    def __init__(self, cfg: SelectConfig, pair: CheckpointPair, framing: Framing, layers: LayerSet,
+                 alphas: list[float], batch_tokens: dict[str, int]):
+        g = cfg.gradients
+        self.pair, self.framing, self.layers, self.alphas = pair, framing, layers, alphas
+        self.batch_tokens, self.max_docs = batch_tokens, g.batch_size
+        self.sketch = Sketch(layers.shapes(), g.projection, g.projection_dim, g.exact_max, g.seed,
+                             pair.device)
+        self._path: Interpolation | None = None
+
+    @property
+    def path(self) -> Interpolation:
+        if self._path is None:  # built on first use: it compares every parameter once
+            self._path = Interpolation(self.pair.base, self.pair.finetuned,
+                                       self.framing.last_layer_name(self.pair.base),
+                                       self.pair.adapter)
+        return self._path
+
+    def score(self, model, tokens: Tokens, progress: bool, labels=None, desc: str = "autolabel"):
+        return score_documents(self.framing, model, tokens, self.max_docs, labels,
+                               progress=progress, desc=desc,
+                               batch_tokens=self.batch_tokens["forward"])
+
+    def gradients(self, tokens: Tokens, labels, progress: bool) -> Gradients:
+        return extract(self.framing, self.path, tokens, labels, self.layers, self.sketch,
+                       self.alphas, self.batch_tokens["gradients"], self.max_docs, progress)
 
 
 def _finish(cfg, texts, pair, framing, labels, loss_ft, loss_base, grads, info, clock, progress):
@@ -171,43 +214,37 @@ def _finish(cfg, texts, pair, framing, labels, loss_ft, loss_base, grads, info, 
     return result
 
 
-def _run_store(cfg, pair, framing, texts, lengths, target, info, world, clock, progress):
+def _run_store(cfg, run: _Passes, texts, tokens, info, world, clock, progress):
     """Build (or resume, or reuse) the store, then open it; None on ranks other than 0."""
-    g = cfg.gradients
-    alphas = checkpoint_alphas(g.checkpoints, g.grad_at)
-    info["alphas"] = alphas
-    projector = make_projector(*target.shape, g.projection, g.projection_dim, g.exact_max, g.seed,
-                               pair.device)
+    g, pair, framing = cfg.gradients, run.pair, run.framing
     gs = store.GradientStore(g.store)
     spec = {
         "task": pair.task, "labels": cfg.model.labels, "prompt_template": cfg.model.prompt_template,
-        "max_length": cfg.corpus.max_length, "model_dtype": cfg.model.dtype,
-        "head_init": info["head_init"], "batch_size": g.batch_size, "alphas": alphas,
-        "projection": projector.describe(),
+        "max_length": info["max_length"], "model_dtype": pair.dtype,
+        "head_init": info["head_init"], "batch_tokens": run.batch_tokens, "max_docs": run.max_docs,
+        "alphas": run.alphas, "layers": [la["name"] for la in info["layers"]],
+        "projection": run.sketch.describe(),
         "base": store.fingerprint_model(pair.base, framing.last_layer(pair.base)),
         "finetuned": store.fingerprint_model(pair.finetuned, framing.last_layer(pair.finetuned)),
         "corpus": store.fingerprint_texts(texts),
     }
-    q = target.float().to(pair.device)
-    layout = store.layout_for(len(texts), len(alphas), projector.dim, g.shard_size, g.store_dtype,
-                              q.norm().item(), alphas, projector.describe())
+    layout = store.layout_for(len(texts), len(run.alphas), run.sketch.dim, g.shard_size,
+                              g.store_dtype, run.layers.target_norm(), run.alphas,
+                              run.sketch.describe())
 
     def compute(rows: list[int]) -> store.Shard:
-        part, part_lengths = [texts[i] for i in rows], [lengths[i] for i in rows]
-        labels, loss_ft = score_documents(framing, pair.finetuned, part, g.batch_size,
-                                          lengths=part_lengths, progress=False)
-        grads = extract(framing, pair.base, pair.finetuned, part, labels, projector, target,
-                        alphas, g.batch_size, part_lengths, progress=False)
+        part = tokens.subset(rows)
+        labels, loss_ft = run.score(pair.finetuned, part, progress=False)
+        grads = run.gradients(part, labels, progress=False)
         loss_base = grads.base_loss
         if loss_base is None:  # θ0 is not among the checkpoints: one more pass for loss-diff
-            _, loss_base = score_documents(framing, pair.base, part, g.batch_size, labels,
-                                           part_lengths, progress=False)
+            _, loss_base = run.score(pair.base, part, False, labels, desc="loss at θ0")
         if labels is None:
             labels = torch.full((len(rows),), -1, dtype=torch.long)
         return store.Shard(grads.grads, grads.align, grads.sqnorm, labels, loss_ft, loss_base)
 
     with clock("store"):
-        store.build(gs, spec, layout, projector.project_matrix(q).cpu(), len(texts), compute,
+        store.build(gs, spec, layout, run.sketch.target(run.layers.targets()), len(texts), compute,
                     world.rank, world.size, world.barrier, progress)
     if not world.main:
         return None
@@ -231,17 +268,25 @@ def _check_options(cfg: SelectConfig) -> None:
         raise UserError("--confidence-quantile is a share in [0, 1)")
 
 
-def _check_lengths(framing: Framing, texts: list[str]) -> list[int]:
-    """Token counts (special tokens included); a UserError for a document with no content."""
-    lengths = framing.token_counts(texts)
-    content = framing.tokenizer(texts, add_special_tokens=False)["input_ids"]
-    for i, (n, ids) in enumerate(zip(lengths, content)):
-        if not ids or n < framing.min_tokens:
-            raise UserError(
-                f"corpus row {i} tokenises to {len(ids)} token(s) of text; {framing.name} needs "
-                f"at least {max(1, framing.min_tokens)}: remove or lengthen it"
-            )
-    return lengths
+def _check_tokens(framing: Framing, tokens: Tokens) -> None:
+    """A UserError for a document with no content."""
+    bad = np.flatnonzero((tokens.content < 1) | (tokens.lengths < framing.min_tokens))
+    if len(bad):
+        i = int(bad[0])
+        raise UserError(
+            f"corpus row {i} tokenises to {int(tokens.content[i])} token(s) of text; {framing.name} "
+            f"needs at least {max(1, framing.min_tokens)}: remove or lengthen it"
+        )
+
+
+def effective_max_length(requested: int, pair: CheckpointPair) -> int:
+    """--max-length, clamped to the positions the model can embed (with a warning)."""
+    limit = pair.max_positions
+    if limit is not None and requested > limit:
+        log.warning("--max-length %d exceeds the model's %d positions; using %d", requested,
+                    limit, limit)
+        return limit
+    return requested
 
 
 def _init_head(cfg: SelectConfig, pair: CheckpointPair, framing: Framing) -> str | None:

@@ -55,13 +55,14 @@ def test_closed_form_equals_autograd(case):
         pos = framing.forward(model, batch)
     target = pos.target if pos.target is not None else torch.tensor([[0], [1], [2], [1], [0], [2]])
     r = residuals(pos, target)
-    closed = materialise(r, pos.hidden)
+    closed = materialise(r, pos.inputs())
     auto = _autograd_per_example(model, framing, batch, target)
     torch.testing.assert_close(closed, auto, rtol=1e-4, atol=1e-6)
 
     q = torch.randn(closed.shape[1:])
-    torch.testing.assert_close(alignment(r, pos.hidden, q), (auto * q).sum((1, 2)), rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(squared_norms(r, pos.hidden), auto.square().sum((1, 2)), rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close(alignment(r, pos.inputs(), q), (auto * q).sum((1, 2)), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(squared_norms(r, pos.inputs()), auto.square().sum((1, 2)), rtol=1e-4,
+                               atol=1e-8)
 
 
 @pytest.mark.parametrize("case", ["gpt2-classify-tokens", "gpt2-lm", "bert-classify-head"])
@@ -69,12 +70,12 @@ def test_padding_and_batching_do_not_change_gradients(case):
     model, framing = _setup(case)
     with torch.no_grad():
         pos = framing.forward(model, framing.encode(TEXTS))
-        y = pos.target if pos.target is not None else pos.logits.argmax(-1)
-        batched = materialise(residuals(pos, y), pos.hidden)
+        y = pos.target if pos.target is not None else pos.logits().argmax(-1)
+        batched = materialise(residuals(pos, y), pos.inputs())
         for i, text in enumerate(TEXTS):
             one = framing.forward(model, framing.encode([text]))
             y1 = one.target if one.target is not None else y[i : i + 1, :1]
-            torch.testing.assert_close(materialise(residuals(one, y1), one.hidden)[0], batched[i],
+            torch.testing.assert_close(materialise(residuals(one, y1), one.inputs())[0], batched[i],
                                        rtol=1e-4, atol=1e-6)
 
 
@@ -86,7 +87,7 @@ def test_classify_tokens_reads_the_position_before_the_label():
         pos = framing.forward(model, framing.encode([text]))
         full = model(**framing.tokenizer([text + " sport"], return_tensors="pt"))
     label_logits = full.logits[0, -2, framing.label_ids]  # logits that predict the label word
-    torch.testing.assert_close(pos.logits[0, 0], label_logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(pos.logits()[0, 0], label_logits, rtol=1e-4, atol=1e-5)
 
 
 def test_tied_embeddings_use_the_shared_matrix():

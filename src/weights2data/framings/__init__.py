@@ -9,8 +9,10 @@ from .base import Framing, Positions
 from .classify_head import ClassifyHead
 from .classify_tokens import ClassifyTokens, label_token_ids
 from .lm import LanguageModel
+from .tokens import Tokens
 
-__all__ = ["Framing", "Positions", "ClassifyHead", "ClassifyTokens", "LanguageModel", "make_framing", "label_token_ids"]
+__all__ = ["Framing", "Positions", "Tokens", "ClassifyHead", "ClassifyTokens", "LanguageModel",
+           "make_framing", "label_token_ids"]
 
 
 def make_framing(task: str, tokenizer: PreTrainedTokenizerBase, max_length: int, cfg: ModelConfig) -> Framing:

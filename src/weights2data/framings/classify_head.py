@@ -23,21 +23,20 @@ class ClassifyHead(Framing):
             raise RuntimeError(f"no linear layer with {model.config.num_labels} outputs found")
         return heads[-1]
 
+    def _pool(self, model: PreTrainedModel, batch: dict, h: torch.Tensor) -> torch.Tensor:
+        if h.dim() == 2:
+            return h
+        # Decoder classifiers score every position and keep the rightmost non-pad one.
+        ids = batch["input_ids"]
+        non_pad = (ids != model.config.pad_token_id).int()
+        last = (torch.arange(ids.shape[1], device=ids.device) * non_pad).argmax(-1)
+        return h[torch.arange(len(h), device=h.device), last]
+
     def forward(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> Positions:
-        head = self.last_module(model)
-        out, h = self._capture_input(model, head, batch)
-        if h.dim() == 3:
-            # Decoder classifiers score every position and keep the rightmost non-pad one.
-            ids = batch["input_ids"]
-            non_pad = (ids != model.config.pad_token_id).int()
-            last = (torch.arange(ids.shape[1], device=ids.device) * non_pad).argmax(-1)
-            h = h[torch.arange(len(h), device=h.device), last]
-        h = self._with_bias(h, head)
-        self._check_logits(model, h, out.logits)
-        n = len(h)
-        return Positions(
-            hidden=h.unsqueeze(1),
-            logits=out.logits.float().unsqueeze(1),
-            weight=torch.ones(n, 1, device=h.device),
-            target=None,
-        )
+        h = self._pool(model, batch, self.body(model, batch))
+        w, b = self.head(model)
+        return Positions(hidden=h.unsqueeze(1), weight=torch.ones(len(h), 1, device=h.device),
+                         target=None, head_weight=w, head_bias=b)
+
+    def model_logits(self, model, batch, pos):
+        return model(**batch).logits.unsqueeze(1)

@@ -8,6 +8,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..config import UserError
 from .base import Framing, Positions
+from .tokens import Tokens
 
 
 def label_token_ids(tokenizer: PreTrainedTokenizerBase, labels: list[str]) -> list[int]:
@@ -29,6 +30,18 @@ def label_token_ids(tokenizer: PreTrainedTokenizerBase, labels: list[str]) -> li
     return ids
 
 
+def leading_specials(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The special tokens the tokenizer puts before a text (a BOS), never those after it (an
+    EOS): the label word must follow the text itself."""
+    probe = "label"
+    full = tokenizer(probe)["input_ids"]
+    bare = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    for k in range(len(full) - len(bare) + 1):
+        if full[k : k + len(bare)] == bare:
+            return full[:k]
+    return []
+
+
 class ClassifyTokens(Framing):
     name = "classify-tokens"
     autolabel = True
@@ -46,6 +59,11 @@ class ClassifyTokens(Framing):
         self.labels = labels
         self.template = template
         self.label_ids = torch.tensor(label_token_ids(tokenizer, labels))
+        self.lead = leading_specials(tokenizer)
+        frame = len(self.lead) + len(self._ids(template.replace("{text}", "", 1)))
+        if frame >= max_length:
+            raise UserError(f"--prompt-template takes {frame} tokens, leaving none of "
+                            f"--max-length {max_length} for the text; shorten it or raise --max-length")
 
     def last_module(self, model: PreTrainedModel):
         return model.get_output_embeddings()
@@ -53,24 +71,53 @@ class ClassifyTokens(Framing):
     def rows(self) -> torch.Tensor:
         return self.label_ids
 
-    def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        return super().encode([self.template.format(text=t) for t in texts])
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def token_counts(self, texts: list[str]) -> list[int]:
-        return super().token_counts([self.template.format(text=t) for t in texts])
+    def _prompt(self, text: str) -> list[int]:
+        return self.lead + self._ids(self.template.format(text=text))
+
+    def _cut(self, text: str, n: int) -> str:
+        """The first n tokens of `text`, as text."""
+        try:
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            return text[: enc["offset_mapping"][n - 1][1]] if n > 0 else ""
+        except (NotImplementedError, ValueError, KeyError):  # slow tokenizers: no offsets
+            return self.tokenizer.decode(self._ids(text)[:n])
+
+    def tokenize(self, texts: list[str]) -> Tokens:
+        """Prompts that always end with the template's suffix: a text too long for
+        max_length loses its own end, never the template's."""
+        prompts = self.tokenizer([self.template.format(text=t) for t in texts],
+                                 add_special_tokens=False)["input_ids"]
+        counts = [len(x) for x in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        ids, content = [], []
+        for text, prompt, n in zip(texts, prompts, counts):
+            prompt = self.lead + prompt
+            keep = n
+            while len(prompt) > self.max_length and keep > 0:
+                # Cut the text by what overflows; token boundaries may shift by one or two
+                # where text and template meet, so repeat until it fits.
+                keep = min(keep - 1, keep - (len(prompt) - self.max_length))
+                prompt = self._prompt(self._cut(text, max(keep, 0)))
+            ids.append(prompt)
+            content.append(max(keep, 0))
+        return Tokens.from_lists(ids, content)
+
+    def _last(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.arange(len(batch["input_ids"]), device=batch["input_ids"].device)
+        return rows, batch["attention_mask"].sum(-1) - 1
 
     def forward(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> Positions:
-        head = self.last_module(model)
-        out, h = self._capture_input(model, head, batch)
+        h = self.body(model, batch)
         # The label word follows the last text token: its logits are read there, not one later.
-        rows = torch.arange(len(h), device=h.device)
-        last = batch["attention_mask"].sum(-1) - 1
-        h = self._with_bias(h[rows, last], head)
-        logits = out.logits[rows, last][:, self.label_ids.to(h.device)].float()
-        self._check_logits(model, h, logits)
-        return Positions(
-            hidden=h.unsqueeze(1),
-            logits=logits.unsqueeze(1),
-            weight=torch.ones(len(h), 1, device=h.device),
-            target=None,
-        )
+        rows, last = self._last(batch)
+        w, b = self.head(model)
+        return Positions(hidden=h[rows, last].unsqueeze(1),
+                         weight=torch.ones(len(rows), 1, device=h.device),
+                         target=None, head_weight=w, head_bias=b)
+
+    def model_logits(self, model, batch, pos):
+        rows, last = self._last(batch)
+        logits = model(**batch).logits[rows, last]
+        return logits[:, self.label_ids.to(logits.device)].unsqueeze(1)

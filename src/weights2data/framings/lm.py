@@ -18,13 +18,14 @@ class LanguageModel(Framing):
         return model.get_output_embeddings()
 
     def forward(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> Positions:
-        head = self.last_module(model)
-        out, h = self._capture_input(model, head, batch)
+        h = self.body(model, batch)
         # Position t predicts token t+1; a document's loss is the mean over its predictions.
         mask = batch["attention_mask"]
         weight = (mask[:, 1:] * mask[:, :-1]).float()
         weight = weight / weight.sum(-1, keepdim=True).clamp_min(1)
-        h = self._with_bias(h[:, :-1], head)
-        logits = out.logits[:, :-1].float()
-        self._check_logits(model, h[:1, :4], logits[:1, :4])
-        return Positions(hidden=h, logits=logits, weight=weight, target=batch["input_ids"][:, 1:])
+        w, b = self.head(model)
+        return Positions(hidden=h[:, :-1], weight=weight, target=batch["input_ids"][:, 1:],
+                         head_weight=w, head_bias=b)
+
+    def model_logits(self, model, batch, pos):
+        return model(**batch).logits[:, :-1]

@@ -1,18 +1,30 @@
-"""Gradients of every document at every synthetic checkpoint, in one pass per checkpoint."""
+"""Gradients of every document at every synthetic checkpoint, one pass per checkpoint.
+
+Per batch: one forward pass of the model body; the last layer's residuals, loss and statistics
+in closed form, in chunks of documents so the float32 logits stay bounded whatever the
+vocabulary; and, when layers inside the model are chosen, one partial backward pass seeded
+with ∂L/∂h = rᵀW at the last layer's input, stopped at the earliest chosen layer. Results stay
+on the device and are copied back in large blocks.
+"""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel
 
-from ..framings import Framing
+from ..framings import Framing, Tokens
+from ..framings.tokens import DEFAULT_CPU_BATCH_TOKENS, collate, plan_batches
 from . import closed_form
-from .projection import Projector
+from .capture import Capture
+from .interpolate import Interpolation
+from .layers import LayerSet
+from .projection import Sketch
+
+_SINK_BYTES = 1 << 28  # results kept on the device before one copy to the host
 
 
 @dataclass
@@ -43,72 +55,146 @@ def checkpoint_alphas(checkpoints: int, grad_at: str) -> list[float]:
     return [j / checkpoints for j in range(checkpoints)]
 
 
-@torch.no_grad()
-def interpolated(
-    base: PreTrainedModel, finetuned: PreTrainedModel, alphas: list[float]
-) -> Iterator[tuple[float, PreTrainedModel]]:
-    """Yield (α, θ0 + α(θf − θ0)), reusing one working copy for the intermediate points."""
-    work = None
-    for alpha in alphas:
-        if alpha == 0.0:
-            yield alpha, base
-        elif alpha == 1.0:
-            yield alpha, finetuned
-        else:
-            if work is None:
-                work = copy.deepcopy(base)
-            ft = dict(finetuned.named_parameters())
-            for (name, p), (_, p0) in zip(work.named_parameters(), base.named_parameters()):
-                p.copy_(p0 + alpha * (ft[name] - p0))
-            yield alpha, work
+def auto_batch_tokens(model: torch.nn.Module, backward: bool) -> int:
+    """Padded tokens per batch: a fixed budget on the CPU; on a GPU, what half of the free
+    memory holds by a rough per-token cost (an out-of-memory batch is split and retried)."""
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return DEFAULT_CPU_BATCH_TOKENS
+    cfg = model.config
+    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 1024)
+    layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", 12)
+    size = next(model.parameters()).element_size()
+    per_token = hidden * size * (40 * layers if backward else 24)
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(min(1 << 17, max(256, 0.5 * free // per_token)))
 
 
-@torch.no_grad()
+def batch_gradients(
+    framing: Framing,
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    labels: torch.Tensor | None,
+    layers: LayerSet,
+    sketch: Sketch,
+    capture: Capture,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sketches (B, d), alignments (B,), squared norms (B,), losses (B,)) of one batch."""
+    dtype = next(model.parameters()).dtype
+    inner = layers.inner
+    capture.reset()
+    with torch.enable_grad() if inner else nullcontext():
+        pos = framing.forward(model, batch)
+    n, device = len(pos.weight), pos.weight.device
+    y = pos.target if labels is None else labels.to(device).unsqueeze(1)
+    proj = torch.zeros(n, sketch.dim, device=device)
+    align, sq, loss = (torch.zeros(n, device=device) for _ in range(3))
+    head = layers.head
+    grad_h = torch.zeros_like(pos.hidden) if inner else None
+    with torch.no_grad():
+        h_in = pos.inputs()
+        for s in pos.chunks():
+            r, loss[s] = closed_form.residuals_and_loss(pos.logits(s), pos.weight[s], y[s])
+            if head is not None:
+                sketch.add(proj[s], head.name, r, h_in[s], dtype)
+                align[s] += head.target.align(r, h_in[s], dtype)
+                sq[s] += closed_form.squared_norms(r, h_in[s], dtype)
+            if inner:  # ∂L/∂h at the last layer's input, for the backward pass
+                grad_h[s] = closed_form.mm(r, pos.head_weight, dtype).to(grad_h.dtype)
+    if inner:
+        if pos.hidden.requires_grad:
+            torch.autograd.backward(pos.hidden, grad_h)
+        for layer in inner:
+            delta, x = capture.factors(layer.name)
+            sketch.add(proj, layer.name, delta, x, dtype)
+            align += layer.target.align(delta, x, dtype)
+            sq += closed_form.squared_norms(delta, x, dtype)
+        capture.reset()
+    return proj, align, sq, loss
+
+
+class _Sink:
+    """Per-batch results kept on the device, copied into host tensors in large blocks."""
+
+    def __init__(self, *outs: torch.Tensor):
+        self.outs, self.parts, self.size = outs, [], 0
+
+    def put(self, idx: torch.Tensor, *values: torch.Tensor) -> None:
+        self.parts.append((idx, values))
+        self.size += sum(v.numel() * 4 for v in values)
+        if self.size > _SINK_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.parts:
+            return
+        idx = torch.cat([p[0] for p in self.parts])
+        for k, out in enumerate(self.outs):
+            if out is not None:
+                out[idx] = torch.cat([p[1][k] for p in self.parts]).cpu()
+        self.parts, self.size = [], 0
+
+
+def _split_on_oom(rows, run) -> Iterator:
+    """run(rows); on a GPU out-of-memory error, run each half instead (down to one document)."""
+    try:
+        yield rows, run(rows)
+    except torch.cuda.OutOfMemoryError:
+        if len(rows) == 1:
+            raise
+        torch.cuda.empty_cache()
+        half = len(rows) // 2
+        yield from _split_on_oom(rows[:half], run)
+        yield from _split_on_oom(rows[half:], run)
+
+
 def extract(
     framing: Framing,
-    base: PreTrainedModel,
-    finetuned: PreTrainedModel,
-    texts: list[str],
+    path: Interpolation,
+    tokens: Tokens,
     labels: torch.Tensor | None,
-    projector: Projector,
-    target: torch.Tensor,
+    layers: LayerSet,
+    sketch: Sketch,
     alphas: list[float],
-    batch_size: int,
-    lengths: list[int] | None = None,
+    batch_tokens: int | None = None,
+    max_docs: int | None = None,
     progress: bool = True,
 ) -> Gradients:
-    """Closed-form last-layer gradients of every document at every checkpoint.
+    """Closed-form / captured gradients of every document at every checkpoint α.
 
-    `target` is the (C, H') matrix q = θ0_last − θf_last; `labels` the autolabels
-    (None for `lm`, whose targets are the next tokens).
-    """
+    `labels` are the autolabels (None for `lm`, whose targets are the next tokens)."""
+    base = path.base
     device = next(base.parameters()).device
-    n, p = len(texts), len(alphas)
-    q = target.float().to(device)
-    grads = torch.zeros(p, n, projector.dim)
+    n, p = len(tokens), len(alphas)
+    budget = batch_tokens or auto_batch_tokens(base, bool(layers.inner))
+    plan = plan_batches(tokens.lengths, budget, max_docs)
+    pad = framing.tokenizer.pad_token_id
+    grads = torch.zeros(p, n, sketch.dim)
     align, sqnorm = torch.zeros(p, n), torch.zeros(p, n)
     base_loss = torch.zeros(n) if 0.0 in alphas else None
     bar = tqdm(total=n * p, desc=f"gradients at {p} checkpoint(s)", disable=not progress, unit="doc")
-    for j, (alpha, model) in enumerate(interpolated(base, finetuned, alphas)):
-        for idx, batch in framing.batches(texts, batch_size, device, lengths):
-            pos = framing.forward(model, batch)
-            y = pos.target if labels is None else labels[idx].to(device).unsqueeze(1)
-            r, loss = closed_form.residuals_and_loss(pos, y)
-            if alpha == 0.0:
-                base_loss[idx] = loss.cpu()
-            grads[j, idx] = projector.project(r, pos.hidden).cpu()
-            align[j, idx] = closed_form.alignment(r, pos.hidden, q).cpu()
-            sqnorm[j, idx] = closed_form.squared_norms(r, pos.hidden).cpu()
-            bar.update(len(idx))
+    for j, alpha in enumerate(alphas):
+        with path.at(alpha) as model:
+            framing.verify(model, collate(tokens, plan[0], pad, device))
+            capture = Capture(model, [la.name for la in layers.inner],
+                              {la.name: la.transposed for la in layers.inner},
+                              {la.name: la.bias for la in layers.inner})
+            sink = _Sink(grads[j], align[j], sqnorm[j], base_loss if alpha == 0.0 else None)
+
+            def run(rows, model=model, capture=capture):
+                batch = collate(tokens, rows, pad, device)
+                y = None if labels is None else labels[torch.from_numpy(rows)]
+                return batch_gradients(framing, model, batch, y, layers, sketch, capture)
+
+            with capture.active():
+                for rows in plan:
+                    for part, out in _split_on_oom(rows, run):
+                        sink.put(torch.from_numpy(part), *out)
+                        bar.update(len(part))
+            sink.flush()
     bar.close()
     return Gradients(
-        grads=grads,
-        align=align,
-        sqnorm=sqnorm,
-        target=projector.project_matrix(q).cpu(),
-        target_norm=q.norm().item(),
-        alphas=list(alphas),
-        base_loss=base_loss,
-        projector=projector.describe(),
+        grads=grads, align=align, sqnorm=sqnorm, target=sketch.target(layers.targets()),
+        target_norm=layers.target_norm(), alphas=list(alphas), base_loss=base_loss,
+        projector={**sketch.describe(), "batch_tokens": budget},
     )
-
