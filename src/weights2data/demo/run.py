@@ -13,6 +13,7 @@ import platform
 import re
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,12 +64,22 @@ class Hidden:
 
 
 class Stages:
-    """Wall-clock seconds per stage, and which stages came from the cache."""
+    """Wall-clock and CPU seconds per stage, and which stages came from the cache. On a
+    machine shared with other jobs the wall time says little; the process's CPU time is what
+    the stage would cost alone."""
 
     def __init__(self, log: Callable[[str], None]):
         self.seconds: dict[str, float] = {}
+        self.cpu_seconds: dict[str, float] = {}
         self.cached: list[str] = []
         self.log = log
+
+    @contextmanager
+    def timed(self, name: str):
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        self.seconds[name] = round(time.perf_counter() - wall, 1)
+        self.cpu_seconds[name] = round(time.process_time() - cpu, 1)
 
     def run(self, name: str, done: bool, work: Callable[[], None]) -> None:
         if done:
@@ -76,10 +87,9 @@ class Stages:
             self.log(f"[cached] {name}")
             return
         self.log(f"[run] {name}")
-        start = time.perf_counter()
-        work()
-        self.seconds[name] = round(time.perf_counter() - start, 1)
-        self.log(f"[done] {name} in {self.seconds[name]:.1f} s")
+        with self.timed(name):
+            work()
+        self.log(f"[done] {name} in {self.seconds[name]:.1f} s (CPU {self.cpu_seconds[name]:.1f} s)")
 
 
 def slug(name: str) -> str:
@@ -243,34 +253,83 @@ def run_demo(
     """Run (or resume) the whole demo and return the results as a dict."""
     cache = Path(cache)
     p = prepare(hidden, make_base, sizes, cache, strategies, progress, log)
-    stages, lm, runs, names = p.stages, p.lm, p.runs, p.names
-    corpus_rows, train_texts, train_labels = p.corpus_rows, p.train_texts, p.train_labels
-    autolabels, confidence, k_max = p.autolabels, p.confidence, max(sizes.ks)
-    sets = p.sets()
-    evals = p.work / "evals"
-    evals.mkdir(exist_ok=True)
-
-    def point(name: str, model_of: Callable[[Setup], torch.nn.Module]) -> dict:
-        path = evals / f"{name}-{sets.fingerprint()}.json"
-        if not path.exists():
-            setup = p.setup_for("oracle")
-            write_atomic(path, sets.measure(setup, model_of(setup)))
-        return json.loads(path.read_text())
-
-    start = time.perf_counter()
-    base_value = point("base", lambda s: s.pair.base)
-    expert_value = point("expert", lambda s: s.pair.finetuned)
-
-    seeds = list(range(sizes.seeds))
     schedule = sizes.schedule()
     budgets = {1.0: schedule}
-    check_k = min(sizes.ks)
     if sizes.recipe_check:
         budgets |= {f: schedule.scaled(f) for f in (0.5, 2.0)}
-    jobs = [(name, k, 1.0) for k in sizes.ks for name in names]
-    # The recipe check reruns the strategies and the oracle (not the SELECT variants).
-    checked = [*strategies, "oracle"]
-    jobs += [(name, check_k, f) for f in budgets if f != 1.0 for name in checked]
+    with p.stages.timed("retrain + measure"):
+        points, measured = _retrain(p, budgets, progress)
+    with p.stages.timed("OT distances, first picks"):
+        rows, first_picks = _describe(p, measured, cache / "embeddings", encoder_folder, progress)
+    lm, runs = p.lm, p.runs
+    results = {
+        "task": hidden.task,
+        "name": hidden.name,
+        "metric": "perplexity" if lm else "accuracy",
+        "lower_is_better": lm,
+        "sizes": sizes.to_dict(),
+        "documents": {"seed_corpus": len(p.corpus_rows),
+                      "leaked": sum(r["leaked"] for r in p.corpus_rows),
+                      "train": len(p.train_texts), "val": len(hidden.val), "test": len(hidden.test)},
+        "schedule": schedule.to_dict(),
+        "recipes": {str(k): schedule.recipe(k).to_dict() for k in sizes.ks},
+        "seeds": list(range(sizes.seeds)),
+        "select": {name or "main": {"folder": str(r.folder), "config": r.manifest["config"],
+                                    "head_init": r.manifest.get("head_init"),
+                                    "eligible_documents": r.manifest.get("eligible_documents"),
+                                    "timings_s": r.manifest.get("timings_s")}
+                   for name, r in runs.items()},
+        "label_names": hidden.label_names,
+        "true_labels": None if lm else distribution(p.train_labels, hidden.label_names),
+        **points,
+        "base_model": _base_info(p.base_dir),
+        "strategies": rows,
+        "oracle": rows.pop("oracle"),
+        "curves": {name or "select": c["select"] for name, r in runs.items()
+                   if "select" in (c := _read_curves(r))},
+        "first_picks": first_picks,
+        "timings_s": p.stages.seconds,
+        "cpu_s": p.stages.cpu_seconds,
+        "cached_stages": p.stages.cached,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(),
+                    "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+                    "device": str(p.setup_for("oracle").pair.device)},
+        "cache": str(p.work),
+        "versions": output.versions(),
+    }
+    if sizes.recipe_check:
+        from .recipe_check import compare
+
+        k = min(sizes.ks)
+        results["recipe_check"] = compare(
+            {f: {n: measured[n, k, f] for n in _checked(p)} for f in budgets}, k,
+            lower_is_better=lm)
+    return results
+
+
+def _checked(p: Prepared) -> list[str]:
+    """The rows the recipe check reruns: the strategies and the oracle, not the variants."""
+    return [*p.strategies, "oracle"]
+
+
+def _retrain(p: Prepared, budgets: dict, progress: bool) -> tuple[dict, dict]:
+    """Base and expert on test/validation, and every (row, K, budget) through the protocol."""
+    sets = p.sets()
+    evals = p.work / "evals"
+
+    def point(name: str, model) -> dict:
+        path = evals / f"{name}-{sets.fingerprint()}.json"
+        if not path.exists():
+            write_atomic(path, sets.measure(p.setup_for("oracle"), model))
+        return json.loads(path.read_text())
+
+    setup = p.setup_for("oracle")
+    points = {"base": point("base", setup.pair.base),
+              "expert": point("expert", setup.pair.finetuned)}
+    seeds = list(range(p.sizes.seeds))
+    jobs = [(name, k, 1.0) for k in p.sizes.ks for name in p.names]
+    jobs += [(name, min(p.sizes.ks), f) for f in budgets if f != 1.0 for name in _checked(p)]
     measured: dict[tuple[str, int, float], dict] = {}
     bar = tqdm(total=len(jobs), desc="retrain", disable=not progress, unit="row")
     # Two passes: the first skips rows another process sharing the cache is working on, the
@@ -284,12 +343,16 @@ def run_demo(
                 measured[name, k, f] = out
                 bar.update()
     bar.close()
-    stages.seconds["retrain + measure"] = round(time.perf_counter() - start, 1)
+    return points, measured
 
-    # Similarity to the true data: OT distance, labels, sources, leakage (seed-0 selections).
-    embeddings = cache / "embeddings"  # keyed by content: shared by every preset
-    embeddings.mkdir(exist_ok=True)
+
+def _describe(p: Prepared, measured: dict, embeddings: Path, encoder_folder, progress: bool
+              ) -> tuple[dict, dict]:
+    """Each row's results per K with what it trained on (seed-0 selection): OT distance to the
+    true data, label and source shares, θf's confidence, leakage; and its first picks."""
+    embeddings.mkdir(exist_ok=True)  # keyed by content: shared by every preset
     encoder: list[SentenceEncoder] = []
+    sizes, lm, names = p.sizes, p.lm, p.hidden.label_names
 
     def embed(name: str, texts: list[str]) -> np.ndarray:
         path = embeddings / f"{slug(name)}-{fingerprint([sizes.embed_length, texts])}.npy"
@@ -303,88 +366,40 @@ def run_demo(
         os.replace(tmp, path)
         return out
 
-    start = time.perf_counter()
-    true_emb = embed("true", train_texts)
-    leaked_idx = [i for i, r in enumerate(corpus_rows) if r["leaked"]]
-    results_rows: dict[str, dict] = {}
-    first_picks: dict[str, list[dict]] = {}
-    for name in names:
-        pool = train_texts if name == "oracle" else p.corpus_texts
-        full = p.picks(name, k_max, 0)
+    true_emb = embed("true", p.train_texts)
+    leaked_idx = [i for i, r in enumerate(p.corpus_rows) if r["leaked"]]
+    rows: dict[str, dict] = {}
+    first: dict[str, list[dict]] = {}
+    for name in p.names:
+        oracle = name == "oracle"
+        pool = p.train_texts if oracle else p.corpus_texts
+        full = p.picks(name, max(sizes.ks), 0)
         emb = embed(name, [pool[i] for i in full])
+        labels = p.train_labels if oracle else p.autolabels
         per_k = {}
         for k in sizes.ks:
             entry = {**measured[name, k, 1.0], "ot": ot_distance(emb[:k], true_emb)}
             idx = p.picks(name, k, 0)
-            if name == "oracle":
+            if not lm:
+                entry["labels"] = distribution([int(labels[i]) for i in idx], names)
+            if not oracle:
+                entry["sources"] = distribution([p.corpus_rows[i]["source"] for i in idx])
                 if not lm:
-                    entry["labels"] = distribution([train_labels[i] for i in idx], hidden.label_names)
-            else:
-                entry["sources"] = distribution([corpus_rows[i]["source"] for i in idx])
-                if not lm:
-                    entry["labels"] = distribution(autolabels[idx].tolist(), hidden.label_names)
-                    entry["label_confidence"] = float(confidence[idx].mean())
+                    entry["label_confidence"] = float(p.confidence[idx].mean())
                 if leaked_idx:
                     entry["leakage"] = leakage(idx, leaked_idx)
             per_k[str(k)] = entry
-        results_rows[name] = per_k
-        first_picks[name] = [
-            {"rank": r + 1, "index": i, "text": pool[i][:SNIPPET],
-             "source": "hidden" if name == "oracle" else corpus_rows[i]["source"],
-             "label": None if lm else hidden.label_names[
-                 train_labels[i] if name == "oracle" else int(autolabels[i])]}
-            for r, i in enumerate(full[:FIRST_PICKS])]
-    stages.seconds["OT distances"] = round(time.perf_counter() - start, 1)
+        rows[name] = per_k
+        first[name] = [{"rank": r + 1, "index": i, "text": pool[i][:SNIPPET],
+                        "source": "hidden" if oracle else p.corpus_rows[i]["source"],
+                        "label": None if lm else names[int(labels[i])]}
+                       for r, i in enumerate(full[:FIRST_PICKS])]
+    return rows, first
 
-    curves = {}
-    for name, r in runs.items():
-        path = r.folder / "curves.json"
-        if path.exists():
-            c = json.loads(path.read_text())
-            if "select" in c:
-                curves[name or "select"] = c["select"]
-    oracle = results_rows.pop("oracle")
-    results = {
-        "task": hidden.task,
-        "name": hidden.name,
-        "metric": "perplexity" if lm else "accuracy",
-        "lower_is_better": lm,
-        "sizes": sizes.to_dict(),
-        "documents": {"seed_corpus": len(corpus_rows), "leaked": len(leaked_idx),
-                      "train": len(train_texts), "val": len(hidden.val), "test": len(hidden.test)},
-        "schedule": schedule.to_dict(),
-        "recipes": {str(k): schedule.recipe(k).to_dict() for k in sizes.ks},
-        "seeds": seeds,
-        "select": {name or "main": {"folder": str(r.folder), "config": r.manifest["config"],
-                                    "head_init": r.manifest.get("head_init"),
-                                    "eligible_documents": r.manifest.get("eligible_documents"),
-                                    "timings_s": r.manifest.get("timings_s")}
-                   for name, r in runs.items()},
-        "label_names": hidden.label_names,
-        "true_labels": None if lm else distribution(train_labels, hidden.label_names),
-        "base": base_value,
-        "expert": expert_value,
-        "base_model": _base_info(p.base_dir),
-        "strategies": results_rows,
-        "oracle": oracle,
-        "curves": curves,
-        "first_picks": first_picks,
-        "timings_s": stages.seconds,
-        "cached_stages": stages.cached,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(),
-                    "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-                    "device": str(p.setup_for("oracle").pair.device)},
-        "cache": str(p.work),
-        "versions": output.versions(),
-    }
-    if sizes.recipe_check:
-        from .recipe_check import compare
 
-        results["recipe_check"] = compare(
-            {f: {n: measured[n, check_k, f] for n in checked} for f in budgets}, check_k,
-            lower_is_better=lm)
-    return results
+def _read_curves(run: Run) -> dict:
+    path = run.folder / "curves.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _base_info(base_dir: Path) -> dict | None:
