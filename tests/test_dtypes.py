@@ -4,7 +4,6 @@ documents."""
 
 import pytest
 import tiny
-import torch
 
 from weights2data import select
 

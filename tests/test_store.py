@@ -52,6 +52,20 @@ def test_store_gives_the_in_memory_results(lm_pair, tmp_path):
     assert again.selections["select"].indices == mem.selections["select"].indices
 
 
+def test_store_with_inner_layers_gives_the_in_memory_results(lm_pair, tmp_path):
+    layers = ["transformer.h.1.mlp.c_fc", "lm_head"]
+    mem = _run(lm_pair, layers=layers, strategies=["select"])
+    st = _run(lm_pair, layers=layers, strategies=["select"], store=str(tmp_path / "s"),
+              shard_size=1000)
+    assert st.selections["select"].indices == mem.selections["select"].indices
+    assert torch.equal(st.gradients.align, mem.gradients.align)
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["spec"]["layers"] == layers
+    with pytest.raises(UserError, match="another configuration"):  # other layers, other store
+        _run(lm_pair, layers=["lm_head"], strategies=["select"], store=str(tmp_path / "s"),
+             shard_size=1000)
+
+
 def test_resume_after_an_interruption_is_byte_identical(lm_pair, tmp_path, monkeypatch):
     whole = tmp_path / "whole"
     _run(lm_pair, store=str(whole), shard_size=8, store_dtype="float16")
