@@ -210,7 +210,7 @@ def prepare(
                        grad_at=opts.get("grad_at", "interpolated"),
                        head_init=opts.get("head_init", "auto"),
                        confidence_quantile=opts.get("confidence_quantile", 0.0),
-                       batch_size=sizes.select_batch_size, seed=sizes.seed, out=str(folder),
+                       seed=sizes.seed, out=str(folder),
                        store=None if store is None else str(store),
                        overwrite=True, progress=progress))
         runs[name] = load_run(folder)
@@ -416,7 +416,7 @@ def _work_key(hidden: Hidden, sizes: Sizes) -> dict:
             "checkpoints": sizes.checkpoints,
             "expert": [sizes.expert_epochs, sizes.expert_lr, sizes.batch_size],
             "leak": sizes.leak, "layers": sizes.layers, "heal": sizes.heal_key(),
-            "seed": sizes.seed, "select_batch": sizes.select_batch_size}
+            "seed": sizes.seed}
 
 
 def _leaked(hidden: Hidden, sizes: Sizes) -> list[dict]:

@@ -54,7 +54,6 @@ class Sizes:
     val_docs: int | None = None
     test_docs: int | None = None
     embed_length: int = 128  # max tokens per document for the OT sentence embeddings
-    select_batch_size: int = 32
     leak: float = 0.0  # fraction of the true training data mixed into the seed corpus
     variants: dict[str, dict] = field(default_factory=dict)
     layers: int | None = None  # lm: keep only the first layers of the base ...
@@ -82,7 +81,7 @@ def _smoke() -> Sizes:
     """The test suite's size: seconds on tiny models, the same code path as the others."""
     return Sizes({"wikipedia": 30, "news": 30, "tweets": 30}, ks=[6, 12], seeds=2, max_length=32,
                  epochs=2, min_steps=8, lr=1e-2, batch_size=8, expert_epochs=8, expert_lr=1e-2,
-                 train_docs=30, test_docs=20, embed_length=32, select_batch_size=16)
+                 train_docs=30, test_docs=20, embed_length=32)
 
 
 def sizes_for(task: str, preset: str) -> Sizes:

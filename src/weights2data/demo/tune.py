@@ -76,11 +76,14 @@ def budget(task: str, cache: Path, budgets=(40, 80, 160), preset: str = "full",
     sets = p.sets(with_test=False)  # validation only: no test number is computed here
     rows = BUDGET_ROWS["lm" if task == "lm" else "classify"]
     table: dict[str, dict[int, dict]] = {}
-    for name in rows:
-        for steps in budgets:
+    jobs = [(name, steps) for name in rows for steps in budgets]
+    for wait in (False, True):  # several processes on one cache split the jobs
+        for name, steps in [j for j in jobs if j[1] not in table.get(j[0], {})]:
             schedule = Schedule(min_steps=steps, epochs=0, lr=sizes.lr, batch_size=sizes.batch_size)
             out = protocol.evaluate(p.setup_for(name), p.draw(name, k), k, schedule, [0], sets,
-                                    cache=p.work / "tune-budget")
+                                    cache=p.work / "tune-budget", wait=wait)
+            if out is None:
+                continue
             table.setdefault(name, {})[steps] = {"train_loss": out["train_loss"]["mean"],
                                                  "val": out["mean"]}
             print(f"{name:<16} {steps:>4} steps: train loss {out['train_loss']['mean']:.3f}, "
