@@ -44,13 +44,13 @@ def test_classify_demo_runs_the_protocol_and_caches(tmp_path):
     names = {*CLASSIFY_STRATEGIES, *sizes.variants}
     assert set(first["strategies"]) == names
     schedule = sizes.schedule()
-    assert {k: r["steps"] for k, r in first["recipes"].items()} == {"6": 8, "12": 8}
+    assert {k: r["steps"] for k, r in first["recipes"].items()} == {"6": 20, "12": 20}
     assert schedule.steps(100) == 25  # above the floor the budget grows with K
     k = "12"
     for per_k in [*first["strategies"].values(), first["oracle"]]:
         e = per_k[k]
         assert e["n"] == len(e["values"]) == len(e["val"]["values"]) == sizes.seeds
-        assert len(e["train_loss"]["values"]) == sizes.seeds and e["recipe"]["steps"] == 8
+        assert len(e["train_loss"]["values"]) == sizes.seeds and e["recipe"]["steps"] == 20
     assert first["documents"] == {"seed_corpus": 66, "leaked": 6, "train": 30, "val": 12, "test": 15}
     assert first["select"]["select head init zeros"]["head_init"] == "zeros"
     # The quantile variant keeps the surer half of every autolabel (rounded up), no class lost.
@@ -86,7 +86,7 @@ def test_classify_demo_runs_the_protocol_and_caches(tmp_path):
 
     check = first["recipe_check"]
     assert check["k"] == 6 and set(check["budgets"]) == {"0.5", "1", "2"}
-    assert [check["budgets"][f]["steps"] for f in ("0.5", "1", "2")] == [4, 8, 16]
+    assert [check["budgets"][f]["steps"] for f in ("0.5", "1", "2")] == [10, 20, 40]
     # The strategies and the oracle (not the variants), the recipe's values at ×1.
     assert check["budgets"]["1"]["mean"] == {n: first["strategies"][n]["6"]["mean"]
                                              for n in CLASSIFY_STRATEGIES} | {
@@ -141,6 +141,10 @@ def test_recipe_check_finds_flips_and_tau():
     assert not out["holds"] and out["flips"] == ["a > b at the recipe's budget, reversed at ×0.5",
                                                  "a > c at the recipe's budget, reversed at ×0.5"]
     assert out["kendall_tau"]["0.5"] == pytest.approx(-1 / 3)
+    # All equal: τ is undefined, not a number to compare.
+    flat = compare({1.0: {"a": row(50), "b": row(50)}, 2.0: {"a": row(50), "b": row(50)}}, 5,
+                   lower_is_better=False)
+    assert flat["kendall_tau"] == {"2": None} and flat["holds"]
     # Within noise is no conclusion: nothing can flip.
     noisy = {1.0: {"a": row(90, 20), "b": row(80, 20)}, 2.0: {"a": row(80, 20), "b": row(90, 20)}}
     assert compare(noisy, 100, lower_is_better=False)["holds"]

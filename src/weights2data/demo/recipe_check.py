@@ -4,6 +4,7 @@ budget? If a conclusion flips with the recipe, the recipe, not the data, decided
 from __future__ import annotations
 
 import itertools
+import math
 
 
 def compare(by_budget: dict[float, dict[str, dict]], k: int, lower_is_better: bool) -> dict:
@@ -42,7 +43,7 @@ def compare(by_budget: dict[float, dict[str, dict]], k: int, lower_is_better: bo
         if f == 1.0:
             continue
         stat = kendalltau([base[n]["mean"] for n in names], [rows[n]["mean"] for n in names])
-        tau[f"{f:g}"] = float(stat.statistic)
+        tau[f"{f:g}"] = None if math.isnan(stat.statistic) else float(stat.statistic)
         for a, b in itertools.combinations(names, 2):
             here, there = claim(base, a, b), claim(rows, a, b)
             if here and there == -here:
@@ -53,7 +54,7 @@ def compare(by_budget: dict[float, dict[str, dict]], k: int, lower_is_better: bo
 
 def summary(check: dict) -> str:
     """A few lines for the terminal."""
-    taus = ", ".join(f"×{f}: τ = {t:+.2f}" for f, t in check["kendall_tau"].items())
+    taus = ", ".join(f"×{f}: τ = {tau_text(t)}" for f, t in check["kendall_tau"].items())
     steps = ", ".join(f"×{f}: {b['steps']}" for f, b in check["budgets"].items())
     lines = [f"recipe check at K = {check['k']} (steps {steps}): Kendall τ against the recipe's "
              f"ranking {taus}; "
@@ -61,3 +62,7 @@ def summary(check: dict) -> str:
                 f"{len(check['flips'])} conclusion(s) flip with the recipe:")]
     lines += [f"  {f}" for f in check["flips"]]
     return "\n".join(lines)
+
+
+def tau_text(t: float | None) -> str:
+    return "undefined (all tied)" if t is None else f"{t:+.2f}"

@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")  # headless: figures are only ever written to PNG bytes
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .recipe_check import summary, tau_text  # noqa: E402
+
 esc = html.escape
 
 
@@ -54,8 +56,6 @@ def table(results: dict) -> str:
         label = f"{name} ({'θf' if name == 'expert' else 'θ0'})"
         lines.append(f"{label:<{name_w}}" + f"{results[name]['test']:.{d}f}".rjust(cell_w))
     if results.get("recipe_check"):
-        from .recipe_check import summary
-
         lines.append(summary(results["recipe_check"]))
     return "\n".join(lines)
 
@@ -228,7 +228,7 @@ def _recipe_check(check: dict) -> str:
     rows = [[esc(n)] + [f"{check['budgets'][f]['mean'][n]:.2f} ± {check['budgets'][f]['sd'][n]:.2f}"
                         f" (loss {check['budgets'][f]['train_loss'][n]:.3f})" for f in budgets]
             for n in names]
-    taus = ", ".join(f"×{f}: {t:+.2f}" for f, t in check["kendall_tau"].items())
+    taus = ", ".join(f"×{f}: {tau_text(t)}" for f, t in check["kendall_tau"].items())
     verdict = ("Every conclusion holds." if check["holds"] else
                "These conclusions flip with the recipe: " + "; ".join(map(esc, check["flips"])))
     return (f"<p>K = {check['k']}, n = {check['budgets']['1']['n']} seeds. Kendall τ against the "

@@ -80,7 +80,7 @@ class Sizes:
 def _smoke() -> Sizes:
     """The test suite's size: seconds on tiny models, the same code path as the others."""
     return Sizes({"wikipedia": 30, "news": 30, "tweets": 30}, ks=[6, 12], seeds=2, max_length=32,
-                 epochs=2, min_steps=8, lr=1e-2, batch_size=8, expert_epochs=8, expert_lr=1e-2,
+                 epochs=2, min_steps=20, lr=1e-2, batch_size=8, expert_epochs=8, expert_lr=1e-2,
                  train_docs=30, test_docs=20, embed_length=32)
 
 
