@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from . import data
-from .run import Hidden
+from .prepare import Hidden
 from .sizes import Sizes
 
 

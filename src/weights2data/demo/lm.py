@@ -14,7 +14,7 @@ from ..evaluation.train import Recipe, TrainLog, train
 from ..framings import LanguageModel
 from ..output import write_json
 from . import data
-from .run import Hidden
+from .prepare import Hidden
 from .sizes import Sizes
 
 HELD_OUT_SEED_DOCS = 200  # seed-source documents kept out of healing to measure it

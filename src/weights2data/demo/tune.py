@@ -20,7 +20,7 @@ from pathlib import Path
 from ..evaluation import protocol
 from ..evaluation.train import Schedule
 from ..output import write_json
-from .run import Stages, build_models, prepare
+from .prepare import Stages, build_models, prepare
 from .sizes import CLASSIFY_STRATEGIES, LM_STRATEGIES, sizes_for
 
 TOLERANCE = 0.05  # nats: what "the training loss has flattened" allows a doubling to gain
