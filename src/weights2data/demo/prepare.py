@@ -205,7 +205,7 @@ def model_dirs(hidden: Hidden, sizes: Sizes, cache: Path) -> tuple[Path, Path]:
     base_key = fingerprint({"task": hidden.task, "seed": sizes.seed, "layers": sizes.layers,
                             "labels": hidden.label_names, "heal": sizes.heal_key()})
     expert_key = {"base": base_key, "train": fingerprint(hidden.train), "seed": sizes.seed,
-                  "recipe": [sizes.max_length, sizes.expert_epochs, sizes.expert_lr, sizes.batch_size]}
+                  "recipe": [sizes.max_length, float(sizes.expert_epochs), sizes.expert_lr, sizes.batch_size]}
     return Path(cache) / f"base-{base_key}", Path(cache) / f"expert-{fingerprint(expert_key)}"
 
 
