@@ -100,6 +100,8 @@ def sizes_for(task: str, preset: str) -> Sizes:
               else {"bbc": 1500, "news": 1500, "tweets": 1000})
     caps = {} if task == "bbc" else {"train_docs": 2000, "val_docs": 300, "test_docs": 600}
     caps["max_length"] = 32  # tokens per document: half of the first sessions' 64, for CPU time
+    # Expert epochs: chosen on validation among 1, 2, 3 (python -m weights2data.demo.tune expert).
+    caps["expert_epochs"] = 2 if task == "bbc" else 3
     if preset == "quick":
         small = {src: n // 4 for src, n in corpus.items()}
         return Sizes(small, ks=[100], seeds=3, **caps)
