@@ -227,7 +227,7 @@ def _work_key(hidden: Hidden, sizes: Sizes) -> dict:
             "val": fingerprint(hidden.val), "test": fingerprint(hidden.test),
             "seed_corpus": fingerprint(hidden.seed), "max_length": sizes.max_length,
             "checkpoints": sizes.checkpoints,
-            "expert": [sizes.expert_epochs, sizes.expert_lr, sizes.batch_size],
+            "expert": [float(sizes.expert_epochs), sizes.expert_lr, sizes.batch_size],
             "leak": sizes.leak, "layers": sizes.layers, "heal": sizes.heal_key(),
             "seed": sizes.seed}
 
