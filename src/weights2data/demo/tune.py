@@ -66,11 +66,13 @@ def expert_epochs(task: str, cache: Path, choices=(1, 2, 3), preset: str = "full
 
 
 def budget(task: str, cache: Path, budgets=(40, 80, 160), preset: str = "full",
-           progress: bool = True) -> dict:
+           progress: bool = True, lr: float | None = None) -> dict:
     """Final training loss and validation metric of each row at each step budget (seed 0, the
-    smallest K of the preset), and the smallest budget at which every row's loss is flat."""
+    smallest K of the preset), and the smallest budget at which every row's loss is flat.
+    `lr` overrides the preset's learning rate (compare the chosen budgets' validation)."""
     sizes, hidden, make_base, strategies = _task(task, preset, progress)
     sizes.variants = {}
+    sizes.lr = lr or sizes.lr
     p = prepare(hidden, make_base, sizes, cache, strategies, progress)
     k = min(sizes.ks)
     sets = p.sets(with_test=False)  # validation only: no test number is computed here
@@ -102,13 +104,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cache", required=True)
     ap.add_argument("--budgets", type=int, nargs="+", default=[40, 80, 160])
     ap.add_argument("--epochs", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--lr", type=float, help="budget: the retraining learning rate to try")
     ap.add_argument("--out", help="write the table here as JSON")
     args = ap.parse_args(argv)
     cache = Path(args.cache)
     if args.what == "expert":
         result = expert_epochs(args.task, cache, tuple(args.epochs))
     else:
-        result = budget(args.task, cache, tuple(sorted(args.budgets)))
+        result = budget(args.task, cache, tuple(sorted(args.budgets)), lr=args.lr)
     print(json.dumps(result, indent=1))
     if args.out:
         write_json(Path(args.out), result)
