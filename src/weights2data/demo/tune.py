@@ -25,7 +25,7 @@ from .sizes import CLASSIFY_STRATEGIES, LM_STRATEGIES, sizes_for
 
 TOLERANCE = 0.05  # nats: what "the training loss has flattened" allows a doubling to gain
 BUDGET_ROWS = {"classify": ["random", "oracle", "select", "topk-balanced"],
-               "lm": ["random", "oracle", "select", "loss-min"]}
+               "lm": ["random", "oracle", "select"]}
 
 
 def _task(task: str, preset: str, progress: bool):
