@@ -4,9 +4,9 @@
     python benchmarks/real_store.py lm --out /tmp/w2d-real/lm --docs 4000
 
 `classify`: the demo's all-MiniLM-L6-v2 + seeded 5-class head fine-tuned on BBC News, over the
-demo's default seed corpus (8,000 Wikipedia summaries, news passages and tweets), P = 3;
+demo's default seed corpus (4,000 Wikipedia summaries, news passages and tweets), P = 3;
 gradients are exact (C·(H+1) = 1,925 entries). `lm`: SmolLM2-135M cut to its first 4 layers,
-fine-tuned on BBC passages, the same seed corpus, P = 3, Kronecker projection to 4,096.
+healed, fine-tuned on BBC passages, its seed corpus, P = 3, Kronecker projection to 4,096.
 The store is at OUT/store (reused when complete); base, expert and corpus beside it.
 """
 
@@ -23,33 +23,28 @@ sys.path.insert(0, str(ROOT / "src"))
 def build(task: str, out: Path, docs: int | None = None, max_length: int | None = None,
           expert_epochs: float | None = None) -> Path:
     """Build (or finish) the store of `task` under `out`; returns the store folder."""
-    from weights2data import output
     from weights2data.demo import classify, data, lm
-    from weights2data.demo.run import _train_expert
-    from weights2data.demo.sizes import classify_sizes, lm_sizes
+    from weights2data.demo.prepare import Stages, build_models
+    from weights2data.demo.sizes import sizes_for
     from weights2data.pipeline import select
 
-    sizes = classify_sizes("default") if task == "classify" else lm_sizes("default")
+    sizes = sizes_for("bbc" if task == "classify" else "lm", "default")
     if max_length:
         sizes.max_length = max_length
     if expert_epochs:
         sizes.expert_epochs = expert_epochs
-    hidden = (classify.hidden_task if task == "classify" else lm.hidden_task)(sizes)
+    hidden = classify.hidden_task(sizes) if task == "classify" else lm.hidden_task(sizes)
     write_base = (classify.minilm_base(hidden.label_names, sizes.seed) if task == "classify"
-                  else lm.smollm_base(sizes.layers, sizes.seed))
+                  else lm.smollm_base(sizes, hidden))
     out.mkdir(parents=True, exist_ok=True)
-    base, expert, corpus = out / "base", out / "expert", out / "corpus.jsonl"
-    if not (base / "config.json").exists():
-        output.atomic_folder(base, write_base, overwrite=True)
-    if not (expert / "config.json").exists():
-        _train_expert(hidden, sizes, base, expert, progress=True)
+    base, expert = build_models(hidden, write_base, sizes, out, Stages(print))
+    corpus = out / "corpus.jsonl"
     rows = hidden.seed[:docs] if docs else hidden.seed
     if not corpus.exists():
         data.write_jsonl([{"text": r["text"]} for r in rows], corpus)
     store = out / "store"
     select(base=str(base), finetuned=str(expert), corpus=str(corpus), k=10, strategies=["topk"],
-           max_length=sizes.max_length, checkpoints=3, batch_size=sizes.select_batch_size,
-           store=str(store), seed=0, progress=True)
+           max_length=sizes.max_length, checkpoints=3, store=str(store), seed=0, progress=True)
     return store
 
 
@@ -59,7 +54,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--docs", type=int, help="first DOCS documents of the seed corpus (default all)")
     ap.add_argument("--max-length", type=int)
-    ap.add_argument("--expert-epochs", type=float, help="default: the demo's (2)")
+    ap.add_argument("--expert-epochs", type=float, help="default: the demo's")
     args = ap.parse_args()
     print(build(args.task, args.out, args.docs, args.max_length, args.expert_epochs))
 

@@ -106,7 +106,7 @@ def test_random_is_seeded_and_without_replacement():
 
 @pytest.mark.parametrize("method", ["exact", "stochastic"])
 def test_excluded_rows_are_never_picked_and_the_rest_is_the_subset_greedy(method):
-    """Excluding rows == running the greedy on the remaining rows only (--min-confidence)."""
+    """Excluding rows == running the greedy on the remaining rows only (--confidence-quantile)."""
     grads, q = _problem(p=2)
     q = q[:1].expand(2, -1).clone()
     keep = np.flatnonzero(np.arange(grads.shape[1]) % 3 != 0)
