@@ -117,7 +117,11 @@ def _retrain(p: Prepared, budgets: dict, progress: bool) -> tuple[dict, dict]:
     points = {"base": point("base", setup.pair.base),
               "expert": point("expert", setup.pair.finetuned)}
     seeds = list(range(p.sizes.seeds))
-    jobs = [(name, k, 1.0) for k in p.sizes.ks for name in p.names]
+    # SELECT and the two references are trained first: an interrupted run (resumed from the
+    # cache later) has the rows every comparison needs.
+    first = [n for n in ("select", "random", "oracle") if n in p.names]
+    order = first + [n for n in p.names if n not in first]
+    jobs = [(name, k, 1.0) for k in p.sizes.ks for name in order]
     jobs += [(name, min(p.sizes.ks), f) for f in budgets if f != 1.0 for name in _checked(p)]
     measured: dict[tuple[str, int, float], dict] = {}
     bar = tqdm(total=len(jobs), desc="retrain", disable=not progress, unit="row")
