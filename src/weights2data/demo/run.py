@@ -117,9 +117,9 @@ def _retrain(p: Prepared, budgets: dict, progress: bool) -> tuple[dict, dict]:
     points = {"base": point("base", setup.pair.base),
               "expert": point("expert", setup.pair.finetuned)}
     seeds = list(range(p.sizes.seeds))
-    # SELECT and the two references are trained first: an interrupted run (resumed from the
-    # cache later) has the rows every comparison needs.
-    first = [n for n in ("select", "random", "oracle") if n in p.names]
+    # SELECT, the two references and the strongest baseline are trained first: an interrupted
+    # run (resumed from the cache later) has the rows every comparison needs.
+    first = [n for n in ("select", "random", "oracle", "topk-balanced") if n in p.names]
     order = first + [n for n in p.names if n not in first]
     jobs = [(name, k, 1.0) for k in p.sizes.ks for name in order]
     jobs += [(name, min(p.sizes.ks), f) for f in budgets if f != 1.0 for name in _checked(p)]
