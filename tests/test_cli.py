@@ -71,23 +71,40 @@ def test_same_seed_same_selection(bert_run):
     assert picks[0] == picks[1]
 
 
-def test_min_confidence_keeps_only_documents_the_finetune_is_sure_of(bert_run, capsys):
+def test_confidence_quantile_drops_the_least_sure_of_each_class(bert_run, capsys):
     d, base, ft, corpus = bert_run
     out = d / "confident"
-    assert _select(base, ft, corpus, out, "--k", "5", "--min-confidence", "0.6",
+    assert _select(base, ft, corpus, out, "--k", "5", "--confidence-quantile", "0.5",
                    "--strategy", "select", "topk-balanced", "random") == 0
     manifest = json.loads((out / "manifest.json").read_text())
     scores = pq.read_table(out / "scores.parquet").to_pandas()
-    sure = set(scores["index"][np.exp(-scores["loss_finetuned"]) >= 0.6])
+    scores["conf"] = np.exp(-scores["loss_finetuned"])
+    sure = set()
+    for _, group in scores.groupby("autolabel"):  # the surer half of every autolabel, rounded up
+        sure |= set(group.sort_values("conf", ascending=False, kind="stable")["index"]
+                    [: -(-len(group) // 2)])
     assert manifest["eligible_documents"] == len(sure) < 45
+    assert {scores["autolabel"][i] for i in sure} == set(scores["autolabel"])  # no class removed
     assert "were eligible" in capsys.readouterr().out
     for name in ("select", "topk-balanced", "random"):
         rows = [json.loads(line)["index"] for line in open(out / f"selected-{name}.jsonl")]
         assert len(rows) == 5 and set(rows) <= sure, name
-    _expect_error(capsys, _select(base, ft, corpus, d / "none", "--k", "5", "--min-confidence",
-                                  "0.999"), "eligible")
-    _expect_error(capsys, _select(base, ft, corpus, d / "bad", "--k", "5", "--min-confidence",
-                                  "1.5"), "probability")
+    _expect_error(capsys, _select(base, ft, corpus, d / "none", "--k", "44",
+                                  "--confidence-quantile", "0.5"), "eligible")
+    _expect_error(capsys, _select(base, ft, corpus, d / "bad", "--k", "5",
+                                  "--confidence-quantile", "1.5"), "share")
+
+
+def test_confident_rows_never_empties_a_class():
+    from weights2data.selection import confident_rows
+
+    labels = np.array([0, 0, 0, 0, 1, 2, 2])
+    conf = np.array([0.9, 0.2, 0.95, 0.5, 0.1, 0.3, 0.3])
+    # class 0 keeps its top 2 of 4, class 1 its only row (however unsure), class 2 the lower tied row
+    assert confident_rows(conf, labels, 0.5).tolist() == [True, False, True, False, True, True, False]
+    assert confident_rows(conf, labels, 0.0).all()
+    # a single threshold would have removed class 1 and 2 entirely
+    assert set(labels[confident_rows(conf, labels, 0.9)]) == {0, 1, 2}
 
 
 def test_classify_tokens_and_lm_framings_run(tmp_path):

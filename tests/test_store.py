@@ -126,7 +126,7 @@ def test_bfloat16_store_and_cli(lm_pair, tmp_path, capsys):
     base, ft, corpus = lm_pair
     args = ["select", "--base", base, "--finetuned", ft, "--corpus", corpus, "--k", "5",
             "--checkpoints", "1", "--batch-size", "4", "--store", str(tmp_path / "s"),
-            "--store-dtype", "bfloat16", "--shard-size", "16", "--greedy", "lazy",
+            "--store-dtype", "bfloat16", "--shard-size", "16", "--greedy", "stochastic",
             "--device", "cpu", "--quiet"]
     assert main(args + ["--out", str(tmp_path / "o1")]) == 0
     arr = np.load(tmp_path / "s" / "shard-00000" / "grads.npy")

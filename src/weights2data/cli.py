@@ -82,13 +82,14 @@ def _add_select(sub) -> None:
                    help=f"one or more of: {', '.join(STRATEGIES)} (default: select)")
     add_extraction_options(p)
     p.add_argument("--reset-every", type=int, help="select-batched: picks per batch (default K/10)")
-    p.add_argument("--greedy", choices=["exact", "lazy", "stochastic"], default="exact",
-                   help="select: exact (one pass per pick), lazy (same picks, skips rows that "
-                        "provably cannot win), stochastic (scores (N/K)·ln(1/ε) random rows per pick)")
+    p.add_argument("--greedy", choices=["exact", "stochastic"], default="exact",
+                   help="select: exact (one pass per pick), stochastic (scores (N/K)·ln(1/ε) "
+                        "random rows per pick)")
     p.add_argument("--epsilon", type=float, default=0.01, help="--greedy stochastic: ε (default 0.01)")
-    p.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
-                   help="classification: pick only among documents whose autolabel θf gives at "
-                        "least probability P (default 0: all)")
+    p.add_argument("--confidence-quantile", type=float, default=0.0, metavar="Q",
+                   help="classification: within each autolabel, drop the share Q of documents "
+                        "whose label θf is least sure of, so no class is removed (default 0: keep "
+                        "all; an option, not a recommendation: see README Results)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_select)
@@ -100,7 +101,7 @@ def _run_select(args) -> None:
     cfg = make_config(
         base=args.base, finetuned=args.finetuned, corpus=args.corpus, k=args.k, out=args.out,
         strategies=args.strategy, reset_every=args.reset_every, overwrite=args.overwrite,
-        greedy=args.greedy, epsilon=args.epsilon, min_confidence=args.min_confidence,
+        greedy=args.greedy, epsilon=args.epsilon, confidence_quantile=args.confidence_quantile,
         **extraction_kwargs(args),
     )
     if not 0 < args.epsilon < 1:
@@ -113,8 +114,9 @@ def _run_select(args) -> None:
 def summary(result) -> str:
     lines = [f"wrote {result.config.out}  ({result.info['documents']} documents, task {result.task})"]
     if "eligible_documents" in result.info:
-        lines.append(f"  {result.info['eligible_documents']} documents with θf confidence ≥ "
-                     f"{result.config.selection.min_confidence} were eligible")
+        lines.append(f"  {result.info['eligible_documents']} documents were eligible (the "
+                     f"{1 - result.config.selection.confidence_quantile:.0%} of each autolabel "
+                     "θf is surest of)")
     for stage, secs in result.info["timings_s"].items():
         lines.append(f"  {stage:<24}{secs:>9.1f} s")
     for name, sel in result.selections.items():

@@ -79,11 +79,11 @@ class SelectionConfig:
     strategies: list[str] = field(default_factory=lambda: ["select"])
     reset_every: int | None = None  # select-batched: S resets every b picks (default K/10)
     seed: int = 0
-    greedy: Literal["exact", "lazy", "stochastic"] = "exact"  # how each greedy step is found
+    greedy: Literal["exact", "stochastic"] = "exact"  # how each greedy step is found
     epsilon: float = 0.01  # stochastic greedy: (N/K)·ln(1/ε) rows scored per step
-    # Classification: pick only among documents whose autolabel θf gives at least this
-    # probability (0: all). Uncertain autolabels are the ones most likely to be wrong.
-    min_confidence: float = 0.0
+    # Classification: within each autolabel, drop this share of the documents θf is least sure
+    # of (0: keep all). Uncertain autolabels are the likeliest to be wrong; no class is removed.
+    confidence_quantile: float = 0.0
 
 
 @dataclass

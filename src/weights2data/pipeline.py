@@ -35,7 +35,7 @@ from .gradients import (
 )
 from .gradients.extract import auto_batch_tokens
 from .labels import score_documents
-from .selection import Selection, needs_gradients, run_strategy
+from .selection import Selection, confident_rows, needs_gradients, run_strategy
 
 log = logging.getLogger(__name__)
 
@@ -189,11 +189,13 @@ class _Passes:
 def _finish(cfg, texts, pair, framing, labels, loss_ft, loss_base, grads, info, clock, progress):
     """Run every strategy and write the output folder."""
     eligible = None
-    if cfg.selection.min_confidence > 0:
+    if cfg.selection.confidence_quantile > 0:
         if labels is None:
-            raise UserError("--min-confidence needs autolabels: use it with a classification task")
+            raise UserError("--confidence-quantile needs autolabels: use it with a classification "
+                            "task")
         # θf's probability of its own argmax label is exp(−loss at θf).
-        eligible = (torch.exp(-loss_ft) >= cfg.selection.min_confidence).numpy()
+        eligible = confident_rows(torch.exp(-loss_ft).numpy(), labels.numpy(),
+                                  cfg.selection.confidence_quantile)
         info["eligible_documents"] = int(eligible.sum())
     selections = {}
     for name in cfg.selection.strategies:
@@ -262,8 +264,8 @@ def _check_options(cfg: SelectConfig) -> None:
         raise UserError("--k must be at least 1")
     if cfg.gradients.checkpoints < 1:
         raise UserError("--checkpoints must be at least 1")
-    if not 0 <= cfg.selection.min_confidence < 1:
-        raise UserError("--min-confidence is a probability in [0, 1)")
+    if not 0 <= cfg.selection.confidence_quantile < 1:
+        raise UserError("--confidence-quantile is a share in [0, 1)")
 
 
 def _check_tokens(framing: Framing, tokens: Tokens) -> None:

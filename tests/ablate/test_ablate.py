@@ -117,7 +117,8 @@ def test_merged_deltas_equal_token_weighted_average_of_full_models(which, llama_
     full = []
     for u in ids:
         m = copy.deepcopy(base)
-        full.append(dict(train(m, framing, by_id[u].texts, None, RECIPE, progress=False).named_parameters()))
+        train(m, framing, by_id[u].texts, None, RECIPE, progress=False)
+        full.append(dict(m.named_parameters()))
     w = token_weights(tokens)
     base_state = {k: v.clone() for k, v in base.state_dict().items()}
     merged = dict(merge_units(base, base_state, pool, ids).named_parameters())
@@ -252,6 +253,10 @@ def test_cli_end_to_end(llama_dir, tmp_path, capsys):
     assert set(corr) == {"topics", "other"} and corr["topics"]["merged"]["n"] == 4
     assert "data:image/png;base64," in (tmp_path / "check" / "report.html").read_text()
     assert len(list((pool / "mixtures").iterdir())) == 4
+    check = [json.loads(line) for line in
+             (tmp_path / "check" / "validation.jsonl").read_text().splitlines()]
+    # Each union model's final training loss is recorded, and training lowered it below chance.
+    assert all(0 < r["train_loss"] < math.log(len(tiny.bpe_tokenizer())) for r in check)
     # bad input: an eval set with nothing to predict, one line on stderr, no output folder
     tiny.write_jsonl([{"text": "a"}], tmp_path / "short.jsonl")
     assert main(["ablate", "score", "--pool", str(pool), "--eval", f"s={tmp_path / 'short.jsonl'}",

@@ -11,20 +11,12 @@ import shutil
 import time
 from pathlib import Path
 
-from ..demo.data import (
-    SMOLLM2_LAYERS,
-    bbc_news,
-    health_tweets,
-    load_smollm2,
-    news_passages,
-    smollm2,
-    wikipedia,
-    write_jsonl,
-)
-from ..evaluation.train import Recipe, train
+from ..demo.data import bbc_news, health_tweets, news_passages, smollm2, wikipedia, write_jsonl
+from ..demo.lm import write_healed_base
+from ..evaluation.train import Recipe
 from ..framings import LanguageModel
 from ..output import write_json
-from .pool import PoolSpec, open_pool, train_pool, trainable
+from .pool import PoolSpec, open_pool, train_pool
 from .score import make_eval_set, parse_mixtures, ranking, score_mixtures, write_scores
 from .units import by_column
 from .validate import correlation_table, sample_mixtures, validate, write_validation
@@ -50,18 +42,9 @@ def truncated_base(folder: Path, layers: int, heal_texts: list[str], heal: Recip
     with perplexity ~1e9), saved as an HF folder so every stage loads the same base."""
     if (folder / "config.json").is_file():
         return str(folder)
-    src, gguf = smollm2()
-    model, tok = load_smollm2(layers)
-    tok.padding_side = "right"  # what the lm framing expects
-    trainable(model, freeze_embeddings=True)
-    train(model, LanguageModel(tok, MAX_LENGTH), heal_texts, None, heal, progress=progress)
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    write_json(tmp / "truncation.json", {"source": f"{src}/{gguf}", "layers_kept": layers,
-                                         "layers_total": SMOLLM2_LAYERS, "heal_recipe": heal.to_dict(),
-                                         "heal_documents": len(heal_texts)})
+    write_healed_base(tmp, layers, heal_texts, heal, MAX_LENGTH, [], progress)
     tmp.rename(folder)
     return str(folder)
 
@@ -112,7 +95,7 @@ def run_demo(out: str | Path = "ablate-demo", layers: int = 4, steps: int = 10, 
     corpus, eval_paths, heal_texts = build_data(out, LanguageModel(tokenizer(), MAX_LENGTH))
     heal = Recipe(steps=heal_steps, lr=2e-3, batch_size=8, warmup=0.1, seed=0)
     base = truncated_base(out / "base", layers, heal_texts, heal, progress)
-    info = json.loads((Path(base) / "truncation.json").read_text())
+    info = json.loads((Path(base) / "base.json").read_text())
     print(f"base: SmolLM2-135M truncated to its first {info['layers_kept']} of "
           f"{info['layers_total']} layers (tied embeddings kept, and frozen in all training) to "
           f"keep CPU time sane, then healed with {heal_steps} steps on {len(heal_texts)} seed-corpus "

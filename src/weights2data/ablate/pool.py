@@ -254,7 +254,7 @@ def _train_unit(model, base_state, unit: Unit, framing, spec: PoolSpec, recipe: 
     try:
         model.load_state_dict(base_state)
         trainable(model, spec.freeze_embeddings)
-        train(model, framing, unit.texts, None, recipe, progress=progress)
+        log = train(model, framing, unit.texts, None, recipe, progress=progress)
         with torch.no_grad():
             delta = {n: (p.detach() - base_state[n]).contiguous()
                      for n, p in model.named_parameters() if p.requires_grad}
@@ -262,6 +262,7 @@ def _train_unit(model, base_state, unit: Unit, framing, spec: PoolSpec, recipe: 
         (tmp / "texts.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in unit.texts))
         write_json(tmp / "unit.json", {**unit.meta(), "base_fingerprint": base_fp,
                                        "training": spec.training(), "steps": recipe.steps,
+                                       "final_train_loss": log.final_loss,
                                        "seconds": round(time.perf_counter() - t0, 2)})
         tmp.rename(folder / unit.id)
     except BaseException:

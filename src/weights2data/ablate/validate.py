@@ -8,6 +8,7 @@ import base64
 import html
 import io
 import itertools
+import json
 import random
 import time
 from dataclasses import dataclass
@@ -93,6 +94,9 @@ def validate(pool: Pool, eval_sets: list[EvalSet], mixtures: list[tuple[str, ...
             merge_into(model, base_state, [folder / "delta.safetensors"], [1.0])
             proxy = known[mixture_name(mix)]
             row = {"mixture": mixture_name(mix), "size": len(mix)}
+            # The protocol's rule: an under-trained union model must be visible.
+            row["train_loss"] = json.loads((folder / "unit.json").read_text()).get(
+                "final_train_loss", float("nan"))
             for e in eval_sets:
                 row[f"merged:{e.name}"] = proxy[f"ppl:{e.name}"]
                 row[f"naive:{e.name}"] = proxy[f"naive:{e.name}"]

@@ -1,5 +1,9 @@
-"""The classification demo: all-MiniLM-L6-v2 + a seeded 5-class head, fine-tuned on BBC News,
-recovered from Wikipedia summaries, news passages and health tweets."""
+"""The classification demos: all-MiniLM-L6-v2 + a seeded head fine-tuned on a hidden task and
+recovered from a public corpus that holds none of its text.
+
+- bbc: BBC News, 5 balanced topics; corpus of Wikipedia summaries, news passages, tweets.
+- wiki: Wikipedia summaries, 11 imbalanced topics (People 20 % … Mathematics 3 %); corpus
+  of BBC articles, news passages, tweets (no Wikipedia text)."""
 
 from __future__ import annotations
 
@@ -9,20 +13,24 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from . import data
-from .run import Hidden
+from .prepare import Hidden
 from .sizes import Sizes
 
 
-def hidden_task(sizes: Sizes) -> Hidden:
-    """BBC News split train/test with a fixed seed; the seed corpus has no BBC text."""
-    rows, topics = data.bbc_news()
-    train, test = data.split(rows, sizes.test_fraction, seed=sizes.seed)
-    train = train[: sizes.train_docs] if sizes.train_docs else train
-    test = test[: sizes.test_docs] if sizes.test_docs else test
+def hidden_task(sizes: Sizes, task: str = "bbc") -> Hidden:
+    """The hidden data split train/validation/test with a fixed seed; the seed corpus has none
+    of the hidden source's text."""
+    rows, topics = data.bbc_news() if task == "bbc" else data.wikipedia_topics()
+    train, val, test = data.split3(rows, sizes.test_fraction, sizes.val_fraction, seed=sizes.seed)
+    train, val, test = (part[:cap] if cap else part for part, cap in
+                        ((train, sizes.train_docs), (val, sizes.val_docs), (test, sizes.test_docs)))
+    hidden_source = "bbc" if task == "bbc" else "wikipedia"
+    if hidden_source in sizes.seed_docs:
+        raise ValueError(f"the {task} seed corpus must not contain {hidden_source} text")
     seed = data.seed_corpus(sizes.seed_docs, seed=sizes.seed)
     keep = ("text", "label")
-    return Hidden("classify-head", [{k: r[k] for k in keep} for r in train],
-                  [{k: r[k] for k in keep} for r in test], seed, topics)
+    return Hidden("classify-head", *([{k: r[k] for k in keep} for r in part]
+                                     for part in (train, val, test)), seed, topics, task)
 
 
 def minilm_base(label_names: list[str], seed: int):

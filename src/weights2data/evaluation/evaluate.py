@@ -1,11 +1,10 @@
-"""`evaluate`: retrain θ0 on each selection of a finished `select` run and report the task
-metric on a test set, with label/source distributions, leakage and (given the true data)
-the OT distance and the oracle."""
+"""`evaluate`: retrain θ0 on each selection of a finished `select` run with the evaluation
+protocol (protocol.py) and report the task metric on a test (and validation) set, with
+label/source distributions, leakage and (given the true data) the OT distance and the oracle."""
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,11 +12,12 @@ import numpy as np
 
 from ..config import UserError
 from ..corpus import load_corpus
-from ..output import MANIFEST, versions, write_json
+from ..output import MANIFEST, versions
 from ..pipeline import make_config
+from . import protocol
 from .metrics import SentenceEncoder, distribution, leakage, ot_distance
-from .retrain import Setup, load_setup, measure, retrain, summarise
-from .train import Recipe
+from .protocol import EvalSets, Setup, fixed, load_setup, redraw, redrawn
+from .train import Schedule
 
 
 @dataclass
@@ -84,11 +84,25 @@ def to_indices(values: list, label_names: list[str] | None, where: str) -> list[
     return out
 
 
+def eligible_rows(run: Run) -> list[int] | None:
+    """The rows every strategy of the run could pick from (None: all), from scores.parquet."""
+    q = run.manifest["config"]["selection"].get("confidence_quantile", 0.0)
+    if not q:
+        return None
+    import pyarrow.parquet as pq
+
+    from ..selection import confident_rows
+
+    scores = pq.read_table(run.folder / "scores.parquet", columns=["autolabel", "loss_finetuned"])
+    keep = confident_rows(np.exp(-scores.column("loss_finetuned").to_numpy()),
+                          scores.column("autolabel").to_numpy(), q)
+    return np.flatnonzero(keep).tolist()
+
+
 def evaluate_run(
     run: Run,
-    test_texts: list[str],
-    test_labels: list[int] | None,
-    recipe: Recipe,
+    sets: EvalSets,
+    schedule: Schedule,
     seeds: list[int],
     strategies: list[str] | None = None,
     true_texts: list[str] | None = None,
@@ -99,17 +113,21 @@ def evaluate_run(
     encoder: SentenceEncoder | None = None,
     progress: bool = True,
 ) -> dict:
-    """Retrain θ0 on every selection (autolabels for classification, text for lm) and report
-    the metric, plus base/expert, distributions, leakage, OT distance and the oracle."""
+    """Retrain θ0 on every selection (autolabels for classification, text for lm) with the
+    protocol (protocol.evaluate) and report the metric, plus base/expert, distributions,
+    leakage, OT distance and the oracle. Random and the oracle are redrawn for every seed."""
     strategies = strategies or list(run.selections)
     missing = [s for s in strategies if s not in run.selections]
     if missing:
         raise UserError(f"{run.folder} has no selection for strategy {missing[0]!r}")
     setup = setup or load_setup(run.config())
-    if setup.task != "lm" and test_labels is None:
-        raise UserError("a classification test set needs a label column")
+    lm = setup.task == "lm"
+    if not lm and (sets.test_labels is None or (sets.val_texts and sets.val_labels is None)):
+        raise UserError("a classification test or validation set needs a label column")
     names = run.label_names
-    corpus = load_corpus(run.config().corpus.path, run.config().corpus.text_column)
+    cfg = run.config()
+    corpus = load_corpus(cfg.corpus.path, cfg.corpus.text_column)
+    corpus_texts = list(corpus[cfg.corpus.text_column])
     sources = list(corpus[source_column]) if source_column in corpus.column_names else None
     leaked = ([i for i, x in enumerate(corpus[leaked_column]) if x]
               if leaked_column in corpus.column_names else None)
@@ -117,24 +135,33 @@ def evaluate_run(
     if true_texts is not None:
         encoder = encoder or SentenceEncoder(device=setup.pair.device)
         true_emb = encoder(true_texts, progress=progress)
+    k = len(run.selections[strategies[0]])
     results: dict = {
         "run": str(run.folder), "task": setup.task, "metric": setup.metric,
-        "recipe": recipe.to_dict(), "max_length": setup.framing.max_length,
-        "seeds": list(seeds), "head_init": setup.head_init, "test_documents": len(test_texts),
-        "base": measure(setup, setup.pair.base, test_texts, test_labels),
-        "expert": measure(setup, setup.pair.finetuned, test_texts, test_labels),
+        "schedule": schedule.to_dict(), "recipe": schedule.recipe(k).to_dict(),
+        "max_length": setup.framing.max_length, "seeds": list(seeds), "head_init": setup.head_init,
+        "test_documents": len(sets.test_texts), "val_documents": len(sets.val_texts or []),
+        "base": sets.measure(setup, setup.pair.base),
+        "expert": sets.measure(setup, setup.pair.finetuned),
         "strategies": {}, "versions": versions(),
     }
+    # Every document's autolabel (scores.parquet), so a redrawn random set has labels too.
+    autolabel = None if lm else _all_autolabels(run)
     for name in strategies:
         rows = run.selections[name]
-        texts = [r["text"] for r in rows]
-        labels = None if setup.task == "lm" else to_indices([r["autolabel"] for r in rows], names,
-                                                              f"selected-{name}.jsonl")
-        entry = retrain(setup, texts, labels, recipe, seeds, test_texts, test_labels, progress)
+        index = [r["index"] for r in rows]
+        if name == "random":  # redrawn for every seed, among the rows the run could pick from
+            pool = eligible_rows(run) or list(range(len(corpus_texts)))
+            draw = redrawn(corpus_texts, autolabel, len(rows), pool)
+            index = [pool[i] for i in redraw(len(pool), len(rows), seeds[0])]
+        else:
+            draw = fixed([corpus_texts[i] for i in index],
+                         None if lm else autolabel[index].tolist())
+        entry = protocol.evaluate(setup, draw, len(rows), schedule, seeds, sets, progress=progress)
+        texts, labels = draw(seeds[0])
         entry["k"] = len(rows)
         if labels is not None:
             entry["labels"] = distribution(labels, names)
-        index = [r["index"] for r in rows]
         if sources is not None:
             entry["sources"] = distribution([sources[i] for i in index])
         if leaked is not None:
@@ -143,33 +170,20 @@ def evaluate_run(
             entry["ot"] = ot_distance(encoder(texts), true_emb)
         results["strategies"][name] = entry
     if true_texts is not None:
-        results["oracle"] = oracle(setup, true_texts, true_labels, len(run.selections[strategies[0]]),
-                                   recipe, seeds, test_texts, test_labels, progress)
+        if not lm and true_labels is None:
+            raise UserError("the oracle needs the true data's labels (a label column)")
+        results["oracle"] = protocol.evaluate(setup, redrawn(true_texts, true_labels, k), k,
+                                              schedule, seeds, sets, progress=progress)
     return results
 
 
-def oracle(setup: Setup, true_texts: list[str], true_labels: list[int] | None, k: int,
-           recipe: Recipe, seeds: list[int], test_texts: list[str],
-           test_labels: list[int] | None, progress: bool = False) -> dict:
-    """K true training documents with their true labels, a fresh sample for every seed."""
-    if setup.task != "lm" and true_labels is None:
-        raise UserError("the oracle needs the true data's labels (a label column)")
-    values = []
-    for seed in seeds:
-        pick = np.random.default_rng(seed).choice(len(true_texts), min(k, len(true_texts)),
-                                                  replace=False)
-        texts = [true_texts[i] for i in pick]
-        labels = None if true_labels is None else [true_labels[i] for i in pick]
-        values += retrain(setup, texts, labels, recipe, [seed], test_texts, test_labels,
-                          progress)["values"]
-    return {"metric": setup.metric, **summarise(values), "seeds": list(seeds), "k": k}
+def _all_autolabels(run: Run) -> np.ndarray:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(run.folder / "scores.parquet", columns=["autolabel"]).column(
+        "autolabel").to_numpy()
 
 
 def write_results(results: dict, path: str | Path) -> Path:
     """Write results.json atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    write_json(tmp, results)
-    os.replace(tmp, path)
-    return path
+    return protocol.write_atomic(path, results)

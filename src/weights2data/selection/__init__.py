@@ -11,7 +11,21 @@ from . import baselines
 from .greedy import greedy
 from .result import Selection
 
-__all__ = ["Selection", "greedy", "run_strategy", "needs_gradients", "STRATEGIES"]
+__all__ = ["Selection", "greedy", "run_strategy", "needs_gradients", "confident_rows", "STRATEGIES"]
+
+
+def confident_rows(confidence: np.ndarray, labels: np.ndarray, quantile: float) -> np.ndarray:
+    """(N,) bool: within each autolabel, the ⌈(1 − quantile) · n_c⌉ rows θf is surest of
+    (ties to the lower row). A per-class cut drops uncertain labels without ever emptying a
+    class, which a single threshold does on a task with rare or hard classes."""
+    if not 0 <= quantile < 1:
+        raise ValueError(f"quantile must be in [0, 1), got {quantile}")
+    keep = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        order = rows[np.argsort(-confidence[rows], kind="stable")]
+        keep[order[: int(np.ceil((1 - quantile) * len(rows)))]] = True
+    return keep
 
 
 def run_strategy(
@@ -32,13 +46,13 @@ def run_strategy(
 ) -> Selection:
     """Run one strategy of method.md; inputs a strategy does not use may be None.
 
-    `greedy_method` (exact / lazy / stochastic), `epsilon` and `device` apply to the greedy.
+    `greedy_method` (exact / stochastic), `epsilon` and `device` apply to the greedy.
     `eligible` (N,) bool restricts every strategy to those rows; indices stay corpus rows."""
     if n is None:
         n = grads.grads.shape[1] if grads is not None else len(loss_ft)
     keep = np.arange(n) if eligible is None else np.flatnonzero(eligible)
     if eligible is not None and len(keep) < k:
-        raise UserError(f"only {len(keep)} documents are eligible (--min-confidence), "
+        raise UserError(f"only {len(keep)} documents are eligible (--confidence-quantile), "
                         f"fewer than --k {k}")
     if name in ("select", "select-batched"):
         every = None if name == "select" else (reset_every or max(1, k // 10))

@@ -4,33 +4,37 @@ Incremental form (method.md): with a_i = ⟨g_i, q⟩, n_i = ‖g_i‖² and c_i
 cos(S + g_i, q) = (⟨S,q⟩ + a_i) / (‖q‖ √(‖S‖² + 2c_i + n_i)); after a pick only c needs
 one pass over G. Scores are averaged over the P synthetic checkpoints.
 
-Three ways to find each step's argmax:
-- `exact`: one pass over G per step (c = G·S, block by block).
-- `lazy`: the same picks, usually without the pass. Between refreshes c_i moves by at most
-  √n_i · Σ√n_picked (Cauchy–Schwarz), which bounds every stale score; only rows whose bound
-  reaches the best exact score are refreshed. Steps where two candidates are closer than the
-  rounding error of c fall back to the exact pass, so the selection is the exact one.
-- `stochastic`: each step scores a fresh seeded random subset of (N/K)·ln(1/ε) unpicked rows
-  (Mirzasoleiman et al. 2015); (1 − 1/e − ε) of the optimum in expectation for submodular
-  objectives, a heuristic here.
+Two ways to find each step's argmax:
+- `exact`: one pass over G per step (c = G·S). A matrix held on the compute device is scored
+  in one product (float16 / bfloat16 rows on a GPU without widening them, see
+  rows.half_dots); a store that fits in memory is read into it once; otherwise G streams
+  in blocks. Nothing syncs with the host inside the loop except for on-disk stores.
+- `stochastic`: each step scores a fresh seeded sample of (N/K)·ln(1/ε) rows drawn uniformly
+  among the unpicked ones (Mirzasoleiman et al. 2015); (1 − 1/e − ε) of the optimum in
+  expectation for submodular objectives, a heuristic here.
 
-State shared by all three is updated the same way (⟨S,q⟩ and ‖S‖² from the exact a_i, n_i
-and one c of the picked row), so `lazy` reproduces `exact` bit for bit.
+What "exact" guarantees: c is a float32 (float64 for float64 input) d-term dot product, off
+by at most γ_d·‖g_i‖·‖S‖ with γ_d = d·u/(1 − d·u); float32 products run in IEEE float32
+(TF32 and CPU bfloat16 modes are turned off for the greedy), so a GPU and a CPU pick the
+same rows unless two candidates' scores lie within that rounding. Half-precision rows are
+scored exactly as their float32 widening would be (same bound): the picks are the greedy's
+on the stored values, which are not the float32 gradients (docs/benchmarks.md: a float16
+store shares ~80 % of its picks with a float32 one).
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .result import Selection
-from .rows import Rows, TensorRows, as_rows
+from .rows import Rows, TensorRows, as_rows, available_memory, dots
 
-METHODS = ("exact", "lazy", "stochastic")
-_FIRST = 64  # rows refreshed first in a lazy step (the best bounds)
+METHODS = ("exact", "stochastic")
 
 
 def _scores(sq, ss, c, align, sqnorm, target_norm) -> torch.Tensor:
@@ -38,11 +42,6 @@ def _scores(sq, ss, c, align, sqnorm, target_norm) -> torch.Tensor:
     denom = target_norm * (ss.unsqueeze(1) + 2 * c + sqnorm).clamp_min(0).sqrt()
     cos = torch.where(denom > 0, (sq.unsqueeze(1) + align) / denom.clamp_min(1e-30), 0.0)
     return cos.mean(0)
-
-
-def _dots(rows: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """⟨g_ji, S_j⟩ for a (P, m, d) block; (P, m)."""
-    return torch.bmm(rows, s.unsqueeze(2)).squeeze(2)
 
 
 class _Greedy:
@@ -65,197 +64,47 @@ class _Greedy:
         self.fresh = True
 
     def full_pass(self) -> torch.Tensor:
-        """c = G·S for every row, block by block; (P, N)."""
-        c = torch.empty(self.sqnorm.shape, dtype=self.dtype, device=self.device)
-        for start, block in self.rows.blocks(self.dtype, self.device):
-            c[:, start : start + block.shape[1]] = _dots(block, self.s)
-        return c
+        """c = G·S for every row; (P, N)."""
+        return self.rows.dots(self.s, self.dtype, self.device)
 
     def scores(self, c, idx=None) -> torch.Tensor:
         a = self.align if idx is None else self.align[:, idx]
         n = self.sqnorm if idx is None else self.sqnorm[:, idx]
         return _scores(self.sq, self.ss, c, a, n, self.qn)
 
-    def pick(self, i: int) -> None:
-        g = self.rows.take(torch.tensor([i]), self.dtype, self.device)  # (P, 1, d)
-        c_i = _dots(g, self.s)[:, 0]
-        self.taken[i] = True
-        self.sq += self.align[:, i]
-        self.ss += 2 * c_i + self.sqnorm[:, i]
+    def pick(self, i: torch.Tensor) -> None:
+        """Add row i (a 0-d tensor on the device) to B and S. Indexing with a 0-d tensor
+        would read it on the host (a sync per pick), so a 1-element index is used."""
+        i = i.view(1)
+        g = self.rows.take(i, self.dtype, self.device)  # (P, 1, d)
+        c_i = dots(g, self.s)[:, 0]
+        self.taken.index_fill_(0, i, True)
+        self.sq += self.align.index_select(1, i)[:, 0]
+        self.ss += 2 * c_i + self.sqnorm.index_select(1, i)[:, 0]
         self.s += g[:, 0]
         self.fresh = False
 
-    def cos(self) -> float:
+    def cos(self) -> torch.Tensor:
         norm = self.qn * self.ss.clamp_min(0).sqrt()
-        return float(torch.where(norm > 0, self.sq / norm.clamp_min(1e-30), 0.0).mean())
+        return torch.where(norm > 0, self.sq / norm.clamp_min(1e-30), 0.0).mean()
 
-    def argmax(self) -> tuple[int, float]:
+    def argmax(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row, its score), both 0-d tensors on the device."""
         raise NotImplementedError
 
 
-def _best(score: torch.Tensor) -> tuple[int, float]:
-    """argmax with ties to the lowest position (torch.argmax does not promise which)."""
-    top = score.max()
-    i = int(torch.nonzero(score == top)[0, 0])
-    return i, float(top)
+def _best(score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(position, value) of the maximum, ties to the lowest position (documented for
+    torch.max), as new 0-d tensors on the device: `score[i]` would read i on the host and
+    keep all of `score` alive as a view, one per pick."""
+    top, i = score.max(dim=0)
+    return i, top
 
 
 class _Exact(_Greedy):
     def argmax(self):
         c = torch.zeros_like(self.sqnorm) if self.fresh else self.full_pass()
-        score = self.scores(c)
-        score[self.taken] = -torch.inf
-        return _best(score)
-
-
-class _Lazy(_Greedy):
-    """Exact picks from stale c plus a Cauchy–Schwarz bound on how far each c has moved.
-
-    A row refreshed when the sum was S_t has c_i(now) − c_i(t) = ⟨g_i, S − S_t⟩, and
-    |⟨g_i, S − S_t⟩| ≤ ‖g_i‖·‖S − S_t‖ ≤ ‖g_i‖·Σ‖g_picked since t‖ (method.md's bound).
-    Gradients share a few dominant directions, so the bound is tightened by splitting off a
-    rank-r basis U (from a sample of rows): the part inside U is computed exactly from
-    Uᵀg_i (N·r numbers), only the rest is bounded: ‖g_i − UUᵀg_i‖·‖(S − S_t) − UUᵀ(S − S_t)‖.
-    The sums S_t are kept, one per pick: O(K·P·d) memory, independent of N.
-    """
-
-    def __init__(self, *args, k: int, rank: int = 16, sample: int = 2048):
-        super().__init__(*args)
-        p, n = self.sqnorm.shape
-        self.u = self._basis(rank, sample)  # (P, d, r), orthonormal columns
-        # One pass: norms of the rows as stored (c lives in that space, so its bound does),
-        # their coordinates in U, and the norm of what U misses.
-        self.root_n = torch.empty(p, n, dtype=self.dtype, device=self.device)
-        self.perp_n = torch.empty(p, n, dtype=self.dtype, device=self.device)
-        self.z = torch.empty(p, n, self.u.shape[2], dtype=self.dtype, device=self.device)
-        for start, block in self.rows.blocks(self.dtype, self.device):
-            stop = start + block.shape[1]
-            z = torch.bmm(block, self.u)
-            self.z[:, start:stop] = z
-            self.root_n[:, start:stop] = block.norm(dim=2)
-            self.perp_n[:, start:stop] = (block - torch.bmm(z, self.u.transpose(1, 2))).norm(dim=2)
-        self.c = torch.zeros(p, n, dtype=self.dtype, device=self.device)
-        self.snaps = torch.zeros(2 * k + 1, *self.s.shape, dtype=self.dtype, device=self.device)
-        self.t = 0  # snaps[t] is the current S
-        self.epoch = torch.zeros(n, dtype=torch.long, device=self.device)  # snap of each row's c
-        # Two kernels summing d products in different orders differ by far less than this
-        # fraction of ‖g_i‖·‖S‖: it covers rounding in stale c and in the bound itself.
-        self.rel = 1e-5 if self.dtype != torch.float64 else 1e-12
-        self.full_passes = 0
-        self.refreshed = 0
-        # Where the bound does not separate the candidates (every pick reshuffles the
-        # ranking), bounding costs more than it saves: then run plain passes for a while.
-        self.work: list[float] = []  # rows touched per recent step, as a fraction of N
-        self.plain_until = 0
-
-    def _basis(self, rank: int, sample: int) -> torch.Tensor:
-        """Top-`rank` right singular vectors of evenly spaced rows (seeded randomised SVD)."""
-        p, n, d = self.rows.shape
-        if d <= rank + 8:
-            return torch.eye(d, dtype=self.dtype, device=self.device).expand(p, d, d).contiguous()
-        idx = torch.linspace(0, n - 1, min(n, sample)).round().long().unique()
-        x = self.rows.take(idx, self.dtype, self.device)  # (P, m, d)
-        omega = torch.randn(p, d, rank + 8, generator=torch.Generator().manual_seed(0))
-        q, _ = torch.linalg.qr(torch.bmm(x, omega.to(self.device, self.dtype)))
-        _, _, vh = torch.linalg.svd(torch.bmm(q.transpose(1, 2), x), full_matrices=False)
-        return vh[:, :rank].transpose(1, 2).contiguous()
-
-    def _snapshot(self) -> None:
-        self.t += 1
-        self.snaps[self.t] = self.s
-
-    def reset(self):
-        super().reset()
-        self._snapshot()
-        self.epoch.fill_(self.t)
-        self.c.zero_()
-
-    def pick(self, i):
-        super().pick(i)
-        self._snapshot()
-
-    def _upper(self) -> torch.Tensor:
-        """An upper bound on every row's exact score; (N,)."""
-        used, where = torch.unique(self.epoch, return_inverse=True)
-        delta = self.s - self.snaps[used]  # S − S_t for the snapshots in use, (T, P, d)
-        w = torch.einsum("tpd,pdr->tpr", delta, self.u)
-        perp = (delta - torch.einsum("tpr,pdr->tpd", w, self.u)).norm(dim=2)  # (T, P)
-        full = delta.norm(dim=2)
-        inside = (self.z * w[where].transpose(0, 1)).sum(2)  # ⟨Uᵀg_i, Uᵀ(S − S_t)⟩, (P, N)
-        snorm = self.s.norm(dim=1, keepdim=True)
-        center = self.c + inside
-        rad = (self.perp_n * perp[where].T * (1 + self.rel)
-               + self.rel * self.root_n * (snorm + full[where].T))
-        num = self.sq.unsqueeze(1) + self.align
-        base = self.ss.unsqueeze(1) + self.sqnorm
-        # ‖S + g‖² is smallest at the lowest c; a positive numerator then gives the biggest cos.
-        den_lo, den_hi = base + 2 * (center - rad), base + 2 * (center + rad)
-        hi = torch.where(num >= 0, num / (self.qn * den_lo.clamp_min(0).sqrt()),
-                         num / (self.qn * den_hi.clamp_min(0).sqrt()))
-        hi = torch.where((den_lo <= 0) | hi.isnan(), torch.inf, hi)  # no usable bound: refresh
-        return hi.mean(0)
-
-    def _error(self, c, idx) -> torch.Tensor:
-        """How far rounding in c can move each refreshed score; (m,)."""
-        den = (self.ss.unsqueeze(1) + 2 * c + self.sqnorm[:, idx]).clamp_min(1e-30)
-        term = (self.sq.unsqueeze(1) + self.align[:, idx]).abs() / (self.qn * den.sqrt())
-        snorm = self.s.norm(dim=1, keepdim=True)
-        return (term * 2 * self.rel * self.root_n[:, idx] * snorm / den).mean(0)
-
-    def _refresh(self, idx: torch.Tensor) -> None:
-        self.c[:, idx] = _dots(self.rows.take(idx, self.dtype, self.device), self.s)
-        self.epoch[idx] = self.t
-        self.refreshed += len(idx)
-
-    def _exact_step(self):
-        self.full_passes += 1
-        self.c = self.full_pass()
-        self.epoch.fill_(self.t)
-        score = self.scores(self.c)
-        score[self.taken] = -torch.inf
-        return _best(score)
-
-    def argmax(self):
-        n = len(self.taken)
-        if self.fresh:  # every c is exactly 0: the bound is the score
-            score = self.scores(torch.zeros_like(self.sqnorm))
-            score[self.taken] = -torch.inf
-            return _best(score)
-        step = int(self.taken.sum())
-        if step < self.plain_until:
-            return self._exact_step()
-        before = (self.refreshed, self.full_passes)
-        pick = self._lazy_argmax(n)
-        # a gathered row costs about 3 rows of a pass; the bound itself about a tenth of one
-        self.work.append(3 * (self.refreshed - before[0]) / n + self.full_passes - before[1])
-        if len(self.work) >= 8 and sum(self.work[-8:]) / 8 > 0.1:
-            self.plain_until, self.work = step + 32, []
-        return pick
-
-    def _lazy_argmax(self, n: int):
-        upper = self._upper()
-        upper[self.taken] = -torch.inf
-        done = torch.zeros(n, dtype=torch.bool, device=self.device)
-        todo = torch.topk(upper, max(1, min(_FIRST, n // 32))).indices
-        todo = todo[upper[todo] > -torch.inf]
-        while len(todo):
-            if int(done.sum()) + len(todo) > max(n // 8, _FIRST):  # the bound is too loose to pay off: one pass
-                return self._exact_step()
-            self._refresh(todo)
-            done[todo] = True
-            cand = torch.nonzero(done).squeeze(1)
-            score = self.scores(self.c[:, cand], cand)
-            err = self._error(self.c[:, cand], cand)
-            j = int(torch.argmax(score - err))
-            floor = score[j] - err[j]  # the best row's score is at least this
-            todo = torch.nonzero(~done & (upper >= floor)).squeeze(1)
-        # Every unrefreshed row is now provably below `floor`; a refreshed rival whose score
-        # could cross the best's within rounding sends the step to the exact pass.
-        rival = score + err
-        rival[j] = -torch.inf
-        if bool((rival >= floor).any()):
-            return self._exact_step()
-        return int(cand[j]), float(score[j])
+        return _best(self.scores(c).masked_fill_(self.taken, -torch.inf))
 
 
 class _Stochastic(_Greedy):
@@ -264,24 +113,36 @@ class _Stochastic(_Greedy):
         self.size = size
         self.rng = np.random.default_rng(seed)
 
-    def argmax(self):
+    def candidates(self) -> torch.Tensor:
+        """`size` rows drawn uniformly without replacement among the unpicked ones, sorted.
+
+        A shuffled draw over all rows, with the picked ones dropped, is in random order a
+        uniform sample of the unpicked rows, so its first `size` are one too (sorting before
+        cutting, as this did once, keeps the low row numbers). Listing the unpicked rows
+        instead would cost a pass over N per step."""
         n = len(self.taken)
         free = n - int(self.taken.sum())
-        if self.size >= free:
-            idx = torch.nonzero(~self.taken).squeeze(1)
-        else:
-            # a little over `size` draws, so that enough survive dropping the picked rows
-            extra = math.ceil(self.size * (n - free) / free) + 16
-            draw = self.rng.choice(n, size=min(n, self.size + extra), replace=False)
-            draw.sort()
-            idx = torch.from_numpy(draw).to(self.device)
-            idx = idx[~self.taken[idx]][: self.size]
+        if self.size < free:
+            extra = math.ceil(self.size * (n - free) / free) + 16  # enough survive, on average
+            draw = torch.from_numpy(self.rng.choice(n, size=min(n, self.size + extra), replace=False))
+            idx = draw.to(self.device)
+            idx = idx[~self.taken[idx]]
+            if len(idx) >= self.size:
+                return idx[: self.size].sort().values
+        free = torch.nonzero(~self.taken).squeeze(1)
+        if self.size >= len(free):
+            return free
+        return free[torch.from_numpy(np.sort(self.rng.choice(len(free), self.size, replace=False)))
+                    .to(self.device)]
+
+    def argmax(self):
+        idx = self.candidates()
         if self.fresh:
             c = torch.zeros(len(self.sq), len(idx), dtype=self.dtype, device=self.device)
         else:
-            c = _dots(self.rows.take(idx, self.dtype, self.device), self.s)
+            c = dots(self.rows.take(idx, self.dtype, self.device), self.s)
         i, score = _best(self.scores(c, idx))
-        return int(idx[i]), score
+        return idx.take(i), score
 
 
 def stochastic_size(n: int, k: int, epsilon: float) -> int:
@@ -291,15 +152,53 @@ def stochastic_size(n: int, k: int, epsilon: float) -> int:
     return max(1, math.ceil(n / k * math.log(1 / epsilon)))
 
 
-def _place(rows: Rows, device: torch.device) -> Rows:
-    """Put the whole matrix on an accelerator once when it fits, else stream blocks."""
-    if device.type != "cuda" or (isinstance(rows, TensorRows) and rows.t.device == device):
+# Share of the free memory the whole matrix may take to be held there: on a GPU the rest is
+# the O(N) state; in RAM the rest is also everything else the process and the machine run.
+FIT = {"cuda": 0.7, "cpu": 0.5}
+
+
+def _place(rows: Rows, device: torch.device, dtype: torch.dtype) -> Rows:
+    """Hold the whole matrix on the compute device when it fits, so that a store is read
+    once rather than once per pick; otherwise stream it in blocks. On a GPU it keeps its
+    storage dtype (half-precision rows are scored as they are, at half the bytes); in RAM
+    it is widened to the compute dtype when that fits too (a CPU would otherwise widen
+    every block of every pass: 1.5x the time of a float32 pass, measured)."""
+    if device.type == "cuda":
+        free, wants = torch.cuda.mem_get_info(device)[0], [rows.dtype]
+    elif device.type == "cpu":
+        free, wants = available_memory(), [dtype, rows.dtype]
+    else:
         return rows
-    free, _ = torch.cuda.mem_get_info(device)
-    size = rows.t.nbytes if isinstance(rows, TensorRows) else rows.nbytes()
-    if size < 0.7 * free:
-        return TensorRows(rows.t.to(device)) if isinstance(rows, TensorRows) else rows.load(device)
+    for want in dict.fromkeys(wants):
+        if isinstance(rows, TensorRows) and rows.t.device == device and rows.t.dtype == want:
+            return rows
+        if rows.nbytes() // rows.dtype.itemsize * want.itemsize < FIT[device.type] * free:
+            return rows.to(device, want)
     return rows
+
+
+@contextmanager
+def _ieee_float32():
+    """float32 products in full float32 (no TF32 on GPUs, no bfloat16 on CPUs) while the
+    greedy runs, whatever the caller set; the caller's setting is restored afterwards."""
+    cuda, mkldnn = torch.backends.cuda.matmul, getattr(torch.backends.mkldnn, "matmul", None)
+    if not hasattr(cuda, "fp32_precision"):  # torch < 2.9: only the legacy switch exists
+        before = cuda.allow_tf32
+        cuda.allow_tf32 = False
+        try:
+            yield
+        finally:
+            cuda.allow_tf32 = before
+        return
+    backends = [b for b in (cuda, mkldnn) if hasattr(b, "fp32_precision")]
+    before = [b.fp32_precision for b in backends]  # the new API only: mixing the two raises
+    try:
+        for b in backends:
+            b.fp32_precision = "ieee"
+        yield
+    finally:
+        for b, value in zip(backends, before):
+            b.fp32_precision = value
 
 
 @torch.no_grad()
@@ -335,29 +234,29 @@ def greedy(
     if device is None:
         device = rows.t.device if isinstance(rows, TensorRows) else torch.device("cpu")
     device = torch.device(device)
-    rows = _place(rows, device)
     dtype = dtype or (torch.float64 if rows.dtype == torch.float64 else torch.float32)
+    rows = _place(rows, device, dtype)
     args = (rows, align, sqnorm, target_norm, dtype, device)
-    if method == "exact":
-        state = _Exact(*args)
-    elif method == "lazy":
-        state = _Lazy(*args, k=k)
-    else:
-        state = _Stochastic(*args, size=stochastic_size(free, k, epsilon), seed=seed)
-    if exclude is not None:
-        state.taken |= exclude.to(device)  # never picked, never added to S
-    picks, gains, curve = [], [], []
-    for step in tqdm(range(k), desc=f"select ({method})", disable=not progress, unit="pick"):
-        if reset_every and step and step % reset_every == 0:
-            state.reset()
-        i, gain = state.argmax()
-        state.pick(i)
-        picks.append(i)
-        gains.append(gain)
-        curve.append(state.cos())
+    with _ieee_float32():
+        if method == "exact":
+            state = _Exact(*args)
+        else:
+            state = _Stochastic(*args, size=stochastic_size(free, k, epsilon), seed=seed)
+        if exclude is not None:
+            state.taken |= exclude.to(device)  # never picked, never added to S
+        # Picks, scores and the curve stay on the device until the end: no per-pick sync.
+        # Written into preallocated tensors: K small tensors kept alive between the large
+        # per-pick temporaries fragment the heap (RSS grew by 5 MB per pick, measured).
+        picks = torch.empty(k, dtype=torch.long, device=device)
+        gains, curve = torch.empty(2, k, dtype=dtype, device=device)
+        for step in tqdm(range(k), desc=f"select ({method})", disable=not progress, unit="pick"):
+            if reset_every and step and step % reset_every == 0:
+                state.reset()
+            i, gain = state.argmax()
+            state.pick(i)
+            picks[step], gains[step], curve[step] = i, gain, state.cos()
     stats = {"method": method}
-    if isinstance(state, _Lazy):
-        stats.update(full_passes=state.full_passes, rows_refreshed=state.refreshed)
     if isinstance(state, _Stochastic):
         stats.update(epsilon=epsilon, rows_per_step=state.size)
+    picks, gains, curve = picks.tolist(), gains.tolist(), curve.tolist()
     return Selection("select-batched" if reset_every else "select", picks, gains, curve, stats)
