@@ -18,6 +18,7 @@ these moments is a sum over coordinates, so a uniform sample of rows estimates i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,7 @@ class Moments:
     q_norm2: float  # ‖q‖² over every coordinate of the layers
     coordinates: int  # kept
     total: int  # of the layers
+    documents: torch.Tensor | None = None  # (D,) effective documents per domain, (Σu)²/Σu²
 
     def flat(self, which: str = "first", checkpoints: list[int] | None = None) -> torch.Tensor:
         """(D, n) the checkpoint-averaged moment over the kept coordinates of every layer."""
@@ -129,9 +131,42 @@ class Accumulator:
             keep = self.rows[la.name]
             target[la.name] = (q if keep is None else q[keep.to(q.device)]).to(self.device)
             coords += target[la.name].numel()
+        squares = torch.zeros(len(names), dtype=torch.float64)
+        for k in range(len(names)):
+            squares[k] = float(self.weight[self.domain == k].double().square().sum())
         return Moments(names, list(alphas), self.first, self.second, target, dict(self.rows),
                        layers.target_norm() ** 2, coords,
-                       sum(la.shape[0] * la.shape[1] for la in layers.layers))
+                       sum(la.shape[0] * la.shape[1] for la in layers.layers),
+                       self.totals.square() / squares.clamp_min(1e-30))
+
+
+class DomainMoments:
+    """`select(visit=...)`'s factory: builds the Accumulator when it is shown the passes (models,
+    layers, checkpoints), then `result()` gives the Moments."""
+
+    def __init__(self, domain: np.ndarray, weight: np.ndarray, names: list[str],
+                 second: bool = True, budget: int = DEFAULT_BUDGET, seed: int = 0):
+        self.domain, self.weight, self.names = domain, weight, list(names)
+        self.second, self.budget, self.seed = second, budget, seed
+        self.acc: Accumulator | None = None
+        self.passes = None
+
+    def __call__(self, passes) -> Callable[[int, np.ndarray], Visit]:
+        from ..checkpoints import DTYPES
+
+        pair, layers = passes.pair, passes.layers
+        rows = kept_rows(layers, len(self.names), len(passes.alphas), self.second, self.budget,
+                         self.seed)
+        self.passes = passes
+        self.acc = Accumulator(layers, self.domain, self.weight, len(self.names),
+                               len(passes.alphas), rows, self.second, pair.device,
+                               DTYPES[pair.dtype])
+        return self.acc.visit
+
+    def result(self) -> Moments:
+        if self.acc is None:
+            raise RuntimeError("no gradient pass was visited")
+        return self.acc.result(self.names, self.passes.alphas, self.passes.layers)
 
 
 def domain_moments(passes, tokens, labels, domain: np.ndarray, weight: np.ndarray,
@@ -139,14 +174,10 @@ def domain_moments(passes, tokens, labels, domain: np.ndarray, weight: np.ndarra
                    seed: int = 0, progress: bool = True) -> Moments:
     """One pass over the corpus at every checkpoint of `passes` (pipeline._Passes: models,
     framing, layers, checkpoints, batch sizes), summing exact gradients per domain."""
-    from ..checkpoints import DTYPES
     from ..gradients import extract
 
-    pair = passes.pair
-    rows = kept_rows(passes.layers, len(names), len(passes.alphas), second, budget, seed)
-    acc = Accumulator(passes.layers, domain, weight, len(names), len(passes.alphas), rows, second,
-                      pair.device, DTYPES[pair.dtype])
+    visit = DomainMoments(domain, weight, names, second, budget, seed)
     extract(passes.framing, passes.path, tokens, labels, passes.layers, passes.sketch,
             passes.alphas, passes.batch_tokens["gradients"], passes.max_docs, progress,
-            visit=acc.visit)
-    return acc.result(names, passes.alphas, passes.layers)
+            visit=visit(passes))
+    return visit.result()
