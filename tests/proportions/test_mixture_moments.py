@@ -82,3 +82,23 @@ def test_a_budget_keeps_a_share_of_rows_and_the_same_numbers_on_them():
     torch.testing.assert_close(part.first["lm_head"], full.first["lm_head"][:, :, keep])
     torch.testing.assert_close(part.second["lm_head"], full.second["lm_head"][:, :, keep])
     torch.testing.assert_close(part.target["lm_head"], full.target["lm_head"][keep])
+
+
+def test_select_shows_its_gradient_pass_to_the_visitor_with_and_without_a_store(tmp_path):
+    from weights2data.pipeline import select
+
+    model, tok = tiny.llama_lm()
+    base = tiny.save(model, tok, tmp_path / "base")
+    ft = tiny.save(tiny.perturbed(model, 0.05, seed=3), tok, tmp_path / "ft")
+    corpus = tiny.write_jsonl(tiny.corpus(12), tmp_path / "corpus.jsonl")
+    domain = np.arange(12) % 3
+    got = []
+    for store in (None, str(tmp_path / "store")):
+        visit = mom.DomainMoments(domain, np.ones(12), NAMES)
+        select(base=base, finetuned=ft, corpus=str(corpus), k=2, strategies=["topk"],
+               max_length=32, store=store, progress=False, visit=visit)
+        got.append(visit.result())
+    assert got[0].first["lm_head"].abs().sum() > 0
+    for which in ("first", "second"):
+        torch.testing.assert_close(got[0].by_checkpoint(which), got[1].by_checkpoint(which))
+    torch.testing.assert_close(got[0].documents, torch.full((3,), 4.0, dtype=torch.float64))
