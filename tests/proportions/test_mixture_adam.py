@@ -46,18 +46,11 @@ def test_an_infinite_batch_is_the_sign_of_the_mean_gradient():
 
 def _adam_finetune(model, framing, texts, seed, steps=15, lr=3e-3, batch=8):
     """torch.optim.Adam on shuffled batches of `texts`, input embeddings frozen (as the demo)."""
+    import tiny
+
     model.get_input_embeddings().weight.requires_grad_(False)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    gen, order = torch.Generator().manual_seed(seed), []
-    model.train()
-    for _ in range(steps):
-        if len(order) < batch:
-            order += torch.randperm(len(texts), generator=gen).tolist()
-        idx, order = order[:batch], order[batch:]
-        framing.forward(model, framing.encode([texts[i] for i in idx])).loss(None).mean().backward()
-        opt.step()
-        opt.zero_grad()
-    return model.eval()
+    return tiny.train(model, framing, texts, opt, steps, batch, seed)
 
 
 COUNTS = {"sport": 24, "money": 12, "music": 4}

@@ -17,17 +17,8 @@ TRUTH = {"sport": 0.75, "money": 0.25, "music": 0.0}
 
 def sgd(model, framing, texts, steps=30, lr=0.05, batch=8):
     """Plain SGD epochs over `texts`: the regime where θ0 − θf = lr·Σ∇ℓ to first order."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    gen, order = torch.Generator().manual_seed(0), []
-    model.train()
-    for _ in range(steps):
-        if len(order) < batch:
-            order += torch.randperm(len(texts), generator=gen).tolist()
-        idx, order = order[:batch], order[batch:]
-        framing.forward(model, framing.encode([texts[i] for i in idx])).loss(None).mean().backward()
-        opt.step()
-        opt.zero_grad()
-    return model.eval()
+    return tiny.train(model, framing, texts, torch.optim.SGD(model.parameters(), lr=lr), steps,
+                      batch)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ def add_parser(sub) -> None:
     from ..cli import add_extraction_options  # cli imports this module first
 
     p = sub.add_parser("mixture", help="estimate in what proportions which domains went into a "
-                       "fine-tune (Adam-aware fit and gradient NNLS, with SELECT / top-k / loss baselines)")
+                       "fine-tune (gradient NNLS and an Adam-aware fit, with SELECT / top-k / loss "
+                       "baselines)")
     p.add_argument("--base", required=True, help="base checkpoint: HF folder or hub id")
     p.add_argument("--finetuned", required=True, help="fine-tuned checkpoint, or a PEFT adapter folder")
     p.add_argument("--corpus", help="one corpus whose --domain-column names each row's domain")

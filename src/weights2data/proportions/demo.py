@@ -247,8 +247,8 @@ def summarise(runs: list[dict], methods=METHODS) -> dict:
     return out
 
 
-NAMES = {"adam": "Adam-aware fit (ours)", "gradient": "gradient NNLS (ours)", "select": "share of SELECT picks",
-         "topk": "share of top-k picks", "loss": "mean loss drop θ0 → θf",
+NAMES = {"adam": "Adam-aware fit (ours)", "gradient": "gradient NNLS (ours)",
+         "select": "share of SELECT picks", "topk": "share of top-k picks", "loss": "mean loss drop θ0 → θf",
          "uniform": "uniform guess (1/4 each)"}
 
 
