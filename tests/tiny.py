@@ -188,3 +188,18 @@ def write_gguf(model, tok, path: Path) -> str:
     w.write_tensors_to_file()
     w.close()
     return str(path)
+
+
+def train(model, framing, texts: list[str], optimizer, steps: int, batch: int = 8, seed: int = 0):
+    """`steps` optimizer steps on shuffled batches of `texts` (epochs without replacement): the
+    fine-tunes of the mixture tests."""
+    gen, order = torch.Generator().manual_seed(seed), []
+    model.train()
+    for _ in range(steps):
+        if len(order) < batch:
+            order += torch.randperm(len(texts), generator=gen).tolist()
+        idx, order = order[:batch], order[batch:]
+        framing.forward(model, framing.encode([texts[i] for i in idx])).loss(None).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval()

@@ -89,12 +89,16 @@ class _Clock:
         self.stages[stage] = round(time.perf_counter() - start, 3)
 
 
-def select(cfg: SelectConfig | None = None, progress: bool = True, **kwargs) -> SelectResult | None:
+def select(cfg: SelectConfig | None = None, progress: bool = True, visit=None,
+           **kwargs) -> SelectResult | None:
     """Run SELECT and the requested baselines; write the output folder when cfg.out is set.
 
     Pass a SelectConfig, or flat keywords: `select(base=..., finetuned=..., corpus=..., k=100)`.
     With `store=DIR` every pass goes to a resumable on-disk store (store.py). Under torchrun
     the ranks share the store's shards and only rank 0 selects; the others return None.
+    `visit(passes)` (e.g. proportions.moments) returns extract's per-batch visitor: it sees every
+    document's gradient factors at every checkpoint, during the gradient pass (with a store:
+    one more pass over the corpus, since a reused store computes nothing).
     """
     cfg = cfg or make_config(**kwargs)
     _check_options(cfg)
@@ -138,6 +142,9 @@ def select(cfg: SelectConfig | None = None, progress: bool = True, **kwargs) -> 
         if stored is None:
             return None
         labels, loss_ft, loss_base, grads = stored
+        if visit is not None:
+            with clock("gradients (visited)"):
+                run.gradients(tokens, labels if framing.autolabel else None, progress, visit(run))
         return _finish(cfg, texts, pair, framing, labels, loss_ft, loss_base, grads, info, clock,
                        progress)
     with clock("autolabel"):
@@ -146,7 +153,8 @@ def select(cfg: SelectConfig | None = None, progress: bool = True, **kwargs) -> 
     grads = None
     if needs_gradients(cfg.selection.strategies):
         with clock("gradients"):
-            grads = run.gradients(tokens, labels, progress)
+            grads = run.gradients(tokens, labels, progress,
+                                  None if visit is None else visit(run))
         info["projection"] = grads.projector
     loss_base = grads.base_loss if grads is not None else None
     if loss_base is None and "loss-diff" in cfg.selection.strategies:
@@ -181,9 +189,10 @@ class _Passes:
                                progress=progress, desc=desc,
                                batch_tokens=self.batch_tokens["forward"])
 
-    def gradients(self, tokens: Tokens, labels, progress: bool) -> Gradients:
+    def gradients(self, tokens: Tokens, labels, progress: bool, visit=None) -> Gradients:
         return extract(self.framing, self.path, tokens, labels, self.layers, self.sketch,
-                       self.alphas, self.batch_tokens["gradients"], self.max_docs, progress)
+                       self.alphas, self.batch_tokens["gradients"], self.max_docs, progress,
+                       visit=visit)
 
 
 def _finish(cfg, texts, pair, framing, labels, loss_ft, loss_base, grads, info, clock, progress):

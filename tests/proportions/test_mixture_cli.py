@@ -17,17 +17,8 @@ TRUTH = {"sport": 0.75, "money": 0.25, "music": 0.0}
 
 def sgd(model, framing, texts, steps=30, lr=0.05, batch=8):
     """Plain SGD epochs over `texts`: the regime where θ0 − θf = lr·Σ∇ℓ to first order."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    gen, order = torch.Generator().manual_seed(0), []
-    model.train()
-    for _ in range(steps):
-        if len(order) < batch:
-            order += torch.randperm(len(texts), generator=gen).tolist()
-        idx, order = order[:batch], order[batch:]
-        framing.forward(model, framing.encode([texts[i] for i in idx])).loss(None).mean().backward()
-        opt.step()
-        opt.zero_grad()
-    return model.eval()
+    return tiny.train(model, framing, texts, torch.optim.SGD(model.parameters(), lr=lr), steps,
+                      batch)
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +47,13 @@ def _mixture(base, ft, out, *extra):
 def test_mixture_end_to_end(lm_run, capsys):
     d, base, ft, corpus, _ = lm_run
     out = d / "run"
-    assert _mixture(base, ft, out, "--corpus", corpus, "--domain-column", "topic") == 0
+    assert _mixture(base, ft, out, "--corpus", corpus, "--domain-column", "topic",
+                    "--method", "adam", "--adam-batch", "fit") == 0
     result = json.loads((out / "mixture.json").read_text())
     assert result["domains"] == sorted(TRUTH) and result["unit"] == "documents"
     assert result["documents"] == {"money": 10, "music": 10, "sport": 30}
     methods = result["methods"]
-    assert set(methods) == {"gradient", "select", "topk", "loss"}
+    assert set(methods) == {"adam", "gradient", "select", "topk", "loss"}
     for m in methods.values():
         assert sum(m["proportions"].values()) == pytest.approx(1.0)
         assert sum(m["proportions_tokens"].values()) == pytest.approx(1.0)
@@ -75,7 +67,10 @@ def test_mixture_end_to_end(lm_run, capsys):
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "gradient NNLS" in html
     assert json.loads((out / "manifest.json").read_text())["complete"]
-    assert "explains" in capsys.readouterr().out
+    a = methods["adam"]
+    assert a["batch_fitted"] and a["batch"] >= 1 and 0 < a["cosine"] <= 1
+    printed = capsys.readouterr().out
+    assert "explains" in printed and "headline method: adam" in printed
 
 
 def test_api_with_one_corpus_per_domain_matches_the_column(lm_run):
@@ -89,7 +84,7 @@ def test_api_with_one_corpus_per_domain_matches_the_column(lm_run):
     assert by_file.proportions("loss") == pytest.approx(by_column.proportions("loss"), abs=1e-6)
     assert by_file.mean_tokens == pytest.approx(by_column.mean_tokens)
     tokens = by_file.in_units("gradient", "tokens")  # shares of tokens: longer domains weigh more
-    ratio = {t: tokens[t] / by_file.proportions()[t] for t in TRUTH if tokens[t] > 0}
+    ratio = {t: tokens[t] / by_file.proportions("gradient")[t] for t in TRUTH if tokens[t] > 0}
     longest = max(ratio, key=ratio.get)
     assert longest == max(ratio, key=by_file.mean_tokens.get)
 
@@ -104,6 +99,8 @@ def test_api_with_one_corpus_per_domain_matches_the_column(lm_run):
     (["--domain-column", "topic", "--domains", "a=CORPUS", "b=CORPUS"], "not both"),
     (["--domain-column", "blank"], "row 1 has no 'blank'"),
     (["--domain-column", "only"], "at least 2 domains"),
+    (["--domain-column", "topic", "--adam-batch", "big"], "--adam-batch is a number or 'fit'"),
+    (["--domain-column", "topic", "--adam-batch", "0.5"], "--adam-batch is the fine-tune's"),
 ])
 def test_bad_domains_are_one_line_errors_and_write_nothing(lm_run, tmp_path, capsys, args, message):
     d, base, ft, corpus, _ = lm_run

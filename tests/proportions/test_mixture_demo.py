@@ -16,6 +16,7 @@ def _run(seed, truth, select_order):
     sources = [s for s in demo.SOURCES for _ in range(4)]  # 4 documents per source
     return {"seed": seed, "truth": truth, "sources": sources,
             "gradient": {f"debias={d}": {"proportions": dict(truth)} for d in (True, False)},
+            "adam": {v: {"proportions": dict(truth)} for v in demo.ADAM_VARIANTS},
             "picks": {"select": select_order, "topk": list(range(16))},
             "loss": {s: 0.25 for s in demo.SOURCES}}
 

@@ -9,10 +9,11 @@ on the device and are copied back in large blocks.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -25,6 +26,10 @@ from .layers import LayerSet
 from .projection import Sketch
 
 _SINK_BYTES = 1 << 28  # results kept on the device before one copy to the host
+
+# visit(layer name, documents of the batch (a slice), δ (b, T, O), x̃ (b, T, I')): sees every
+# factor pair as it is formed (the head's chunk by chunk), e.g. to sum exact gradients.
+Visit = Callable[[str, slice, torch.Tensor, torch.Tensor], None]
 
 
 @dataclass
@@ -78,8 +83,10 @@ def batch_gradients(
     layers: LayerSet,
     sketch: Sketch,
     capture: Capture,
+    visit: Visit | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(sketches (B, d), alignments (B,), squared norms (B,), losses (B,)) of one batch."""
+    """(sketches (B, d), alignments (B,), squared norms (B,), losses (B,)) of one batch;
+    `visit` is shown every layer's factors (δ, x̃)."""
     dtype = next(model.parameters()).dtype
     inner = layers.inner
     capture.reset()
@@ -99,6 +106,8 @@ def batch_gradients(
                 sketch.add(proj[s], head.name, r, h_in[s], dtype)
                 align[s] += head.target.align(r, h_in[s], dtype)
                 sq[s] += closed_form.squared_norms(r, h_in[s], dtype)
+                if visit is not None:
+                    visit(head.name, s, r, h_in[s])
             if inner:  # ∂L/∂h at the last layer's input, for the backward pass
                 grad_h[s] = closed_form.mm(r, pos.head_weight, dtype).to(grad_h.dtype)
     if inner:
@@ -109,6 +118,8 @@ def batch_gradients(
             sketch.add(proj, layer.name, delta, x, dtype)
             align += layer.target.align(delta, x, dtype)
             sq += closed_form.squared_norms(delta, x, dtype)
+            if visit is not None:
+                visit(layer.name, slice(None), delta, x)
         capture.reset()
     return proj, align, sq, loss
 
@@ -135,12 +146,13 @@ class _Sink:
         self.parts, self.size = [], 0
 
 
-def _split_on_oom(rows, run) -> Iterator:
-    """run(rows); on a GPU out-of-memory error, run each half instead (down to one document)."""
+def _split_on_oom(rows, run, split: bool = True) -> Iterator:
+    """run(rows); on a GPU out-of-memory error, run each half instead (down to one document).
+    `split=False`: raise instead (a visitor may already have seen part of the batch)."""
     try:
         yield rows, run(rows)
     except torch.cuda.OutOfMemoryError:
-        if len(rows) == 1:
+        if len(rows) == 1 or not split:
             raise
         torch.cuda.empty_cache()
         half = len(rows) // 2
@@ -159,10 +171,13 @@ def extract(
     batch_tokens: int | None = None,
     max_docs: int | None = None,
     progress: bool = True,
+    visit: Callable[[int, np.ndarray], Visit] | None = None,
 ) -> Gradients:
     """Closed-form / captured gradients of every document at every checkpoint α.
 
-    `labels` are the autolabels (None for `lm`, whose targets are the next tokens)."""
+    `labels` are the autolabels (None for `lm`, whose targets are the next tokens).
+    `visit(j, rows)` returns the visitor of checkpoint j's batch of corpus rows `rows`; with
+    one, a batch that runs out of GPU memory is an error, not split (it was partly seen)."""
     base = path.base
     device = next(base.parameters()).device
     n, p = len(tokens), len(alphas)
@@ -181,14 +196,15 @@ def extract(
                               {la.name: la.bias for la in layers.inner})
             sink = _Sink(grads[j], align[j], sqnorm[j], base_loss if alpha == 0.0 else None)
 
-            def run(rows, model=model, capture=capture):
+            def run(rows, model=model, capture=capture, j=j):
                 batch = collate(tokens, rows, pad, device)
                 y = None if labels is None else labels[torch.from_numpy(rows)]
-                return batch_gradients(framing, model, batch, y, layers, sketch, capture)
+                seen = None if visit is None else visit(j, rows)
+                return batch_gradients(framing, model, batch, y, layers, sketch, capture, seen)
 
             with capture.active():
                 for rows in plan:
-                    for part, out in _split_on_oom(rows, run):
+                    for part, out in _split_on_oom(rows, run, split=visit is None):
                         sink.put(torch.from_numpy(part), *out)
                         bar.update(len(part))
             sink.flush()

@@ -27,7 +27,10 @@ from . import estimate as est
 SOURCES = ("wikipedia", "news", "tweets", "bbc")
 WARP = {"BERT": 0.046, "GPT-2": 0.104}  # WARP (arXiv 2607.01686): MAE of the proportions
 POOL = {"heal": 150, "train": 600, "estimate": 300}  # documents per source in each disjoint pool
-METHODS = ("gradient", "select", "topk", "loss", "uniform")
+METHODS = ("adam", "gradient", "select", "topk", "loss", "uniform")
+# The Adam fit's variants: B the fine-tune's batch size (8) or fitted (the sampling variance in
+# v, --adam-sampling, was no better on validation and is left out: each fit costs ~30 s here)
+ADAM_VARIANTS = {"8": {"batch": 8.0}, "fit": {"batch": None}}
 
 
 @dataclass
@@ -46,14 +49,16 @@ class MixtureSizes:
     checkpoints: int = 3  # select's default P
     layers: int = 4
     heal_steps: int = 30
+    moments_budget: int = 4 * 113 * 2**20  # bytes of exact moments: ~4.3k of the 49k head rows
     # Estimator knobs, chosen on seeds 100-102 (never on the reported seeds 0-2); they are
     # applied when summarising, so they are not part of a cached run's fingerprint.
     k_fraction: float = 0.25  # SELECT / top-k picks, as a share of the estimation corpus
     debias: bool = False
+    adam: str = "8"  # one of ADAM_VARIANTS
 
     def run_tag(self) -> str:
         """What a cached mixture run depends on."""
-        skip = ("seeds", "mixtures", "k_fraction", "debias")
+        skip = ("seeds", "mixtures", "k_fraction", "debias", "adam")
         return json.dumps({k: v for k, v in self.to_dict().items() if k not in skip}, sort_keys=True)
 
     def to_dict(self) -> dict:
@@ -159,8 +164,11 @@ def draw_data(pools: dict, sizes: MixtureSizes, seed: int,
 def one_mixture(base: str, pools: dict, sizes: MixtureSizes, seed: int, index: int,
                 folder: Path, progress: bool) -> dict:
     """Fine-tune on one drawn mixture and estimate it: the raw material of every method (both
-    gradient variants, the SELECT / top-k pick orders, the loss estimate), so the estimator
-    knobs can be chosen later without fine-tuning again."""
+    gradient variants, both Adam variants, the SELECT / top-k pick orders, the loss estimate),
+    so the estimator knobs can be chosen later without fine-tuning again."""
+    import torch
+
+    from .adam import AdamProblem, adam_estimate
     from .pipeline import mixture
 
     texts, truth, rows = draw_data(pools, sizes, seed, index)
@@ -171,7 +179,21 @@ def one_mixture(base: str, pools: dict, sizes: MixtureSizes, seed: int, index: i
     t_train = time.perf_counter() - t0
     res = mixture(base=base, finetuned=ft, corpus=str(corpus), domain_column="source",
                   k=len(rows) // 2, max_length=sizes.max_length, checkpoints=sizes.checkpoints,
-                  batch_size=16, bootstrap=100, seed=seed, progress=progress)
+                  batch_size=16, bootstrap=100, seed=seed, progress=progress,
+                  adam_batch=float(sizes.batch_size), moments_budget=sizes.moments_budget)
+    # the Adam fit's inputs (a 10⁶-coordinate sample of the moments, ~100 MB), so new variants
+    # can be tried on the validation seeds without fine-tuning again
+    problem = AdamProblem.from_moments(res.moments, seed=seed)
+    torch.save({"first": problem.first, "second": problem.second, "q": problem.q,
+                "documents": res.moments.documents}, folder / "adam-inputs.pt")
+    t_adam, adam = time.perf_counter(), {}
+    for name, knobs in ADAM_VARIANTS.items():
+        e = (res.estimates["adam"] if knobs == {"batch": float(sizes.batch_size)}
+             else adam_estimate(res.moments, seed=seed, **knobs))
+        adam[name] = {"proportions": e.proportions, "cosine": e.extra["cosine"],
+                      "batch": e.extra["batch"]}
+    t_adam = time.perf_counter() - t_adam
+    res.moments = None  # the exact moments: hundreds of MB
     shutil.rmtree(folder / "finetuned", ignore_errors=True)
     domain = np.asarray([res.domains.index(r["source"]) for r in rows])
     grad = est.DomainRows.from_gradients(res.run.gradients, domain, res.domains)
@@ -182,10 +204,11 @@ def one_mixture(base: str, pools: dict, sizes: MixtureSizes, seed: int, index: i
     g = res.estimates["gradient"]
     return {
         "seed": seed, "mixture": index, "truth": truth, "sources": [r["source"] for r in rows],
-        "gradient": variants, "explained": g.extra["explained"],
+        "gradient": variants, "explained": g.extra["explained"], "adam": adam,
         "picks": {m: res.run.selections[m].indices for m in ("select", "topk")},
         "loss": res.estimates["loss"].proportions,
-        "timings_s": {"finetune": round(t_train, 1), "estimate": res.info["timings_s"]["total"]},
+        "timings_s": {"finetune": round(t_train, 1),
+                      "estimate": round(res.info["timings_s"]["total"] + t_adam, 1)},
     }
 
 
@@ -193,7 +216,8 @@ def estimates(run: dict, sizes: MixtureSizes) -> dict[str, dict[str, float]]:
     """Each method's proportions for a stored run, under the current estimator knobs."""
     domain = np.asarray([SOURCES.index(s) for s in run["sources"]])
     k = max(1, round(sizes.k_fraction * len(domain)))
-    out = {"gradient": run["gradient"][f"debias={sizes.debias}"]["proportions"]}
+    out = {"adam": run["adam"][sizes.adam]["proportions"],
+           "gradient": run["gradient"][f"debias={sizes.debias}"]["proportions"]}
     for m in ("select", "topk"):
         out[m] = est.pick_shares(run["picks"][m][:k], domain, list(SOURCES), m).proportions
     out["loss"] = run["loss"]
@@ -223,8 +247,8 @@ def summarise(runs: list[dict], methods=METHODS) -> dict:
     return out
 
 
-NAMES = {"gradient": "gradient NNLS (ours)", "select": "share of SELECT picks",
-         "topk": "share of top-k picks", "loss": "mean loss drop θ0 → θf",
+NAMES = {"adam": "Adam-aware fit (ours)", "gradient": "gradient NNLS (ours)",
+         "select": "share of SELECT picks", "topk": "share of top-k picks", "loss": "mean loss drop θ0 → θf",
          "uniform": "uniform guess (1/4 each)"}
 
 
@@ -251,7 +275,7 @@ def report_html(results: dict, sizes: MixtureSizes) -> str:
     charts = "".join(
         "<p><img alt='mixture' src='data:image/png;base64,"
         + bar_chart_png(list(SOURCES), {"truth": r["truth"], **{NAMES[m]: r["estimates"][m]
-                                                                for m in ("gradient", "select", "loss")}},
+                                                                for m in ("adam", "gradient", "loss")}},
                         {NAMES["gradient"]: (r["gradient"][f"debias={sizes.debias}"]["low"],
                                              r["gradient"][f"debias={sizes.debias}"]["high"])},
                         f"seed {r['seed']}, mixture {r['mixture']} (fit explains "
@@ -298,6 +322,8 @@ def run_demo(out: str | Path, preset: str = "default", seeds: int | None = None,
             done.parent.mkdir(parents=True, exist_ok=True)
             write_json(done, {"sizes": tag, "result": r})
             runs.append(r)
+            (cache / "moments").mkdir(exist_ok=True)
+            (work / "adam-inputs.pt").replace(cache / "moments" / f"seed-{seed}-mixture-{index}.pt")
             shutil.rmtree(work, ignore_errors=True)
             s = scored([r], sizes)[0]
             print(f"seed {seed} mixture {index}: truth "
@@ -317,7 +343,7 @@ def run_demo(out: str | Path, preset: str = "default", seeds: int | None = None,
             f"lr {sizes.lr}, input embeddings frozen), loss averaged per document; estimated from "
             f"{sizes.estimate_docs} other documents per source, max length {sizes.max_length}, "
             f"P = {sizes.checkpoints}; SELECT/top-k shares at K = {sizes.k_fraction:.0%} of the "
-            f"corpus. Proportions are document shares."),
+            f"corpus; Adam fit variant {sizes.adam}. Proportions are document shares."),
         "timings_s": {"base (truncate, heal, untie)": round(t_base, 1),
                       "total": round(time.perf_counter() - start, 1)},
         "cpus": os.cpu_count(),

@@ -24,9 +24,11 @@ from ..config import (
 )
 from ..corpus import load_corpus
 from ..pipeline import SelectResult, select
+from . import adam
 from . import estimate as est
+from .moments import DomainMoments, Moments
 
-METHODS = ("gradient", "select", "topk", "loss")
+METHODS = ("adam", "gradient", "select", "topk", "loss")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -50,6 +52,19 @@ class MixtureOptions:
     # Correct ‖ḡ_d‖² for the sampling variance of each domain's mean (docs/design.md). Off: it
     # did worse on the demo's validation seeds and on the tiny SGD case.
     debias: bool = False
+    # The headline method (`MixtureResult.proportions()`); every method is computed and written
+    # either way. "gradient": on the demo's validation seeds 100-102 the Adam fit from other
+    # documents of each domain did worse (MAE 0.21 vs 0.15; docs/design.md).
+    method: Literal["adam", "gradient"] = "gradient"
+    # Adam-aware estimate (adam.py): the fine-tune's batch size B in documents (None: fitted
+    # with the proportions; no better on validation, 0.218 vs 0.215), bytes for the exact per-domain moments (a uniform sample of output
+    # rows beyond that), and coordinates the fit uses (a uniform sample of those).
+    adam_batch: float | None = 8.0
+    # Add the corpus means' sampling variance to v (adam.AdamProblem.documents); off: no better
+    # on the two validation fine-tunes it was tried on.
+    adam_sampling: bool = False
+    moments_budget: int = 512 * 2**20
+    adam_coordinates: int = 1_000_000
     seed: int = 0  # bootstrap
 
 
@@ -80,9 +95,11 @@ class MixtureResult:
     estimates: dict[str, est.Estimate]  # method -> proportions (in the `weighting` unit)
     run: SelectResult
     info: dict = field(default_factory=dict)
+    moments: Moments | None = None  # the exact per-domain moments the Adam estimate used
 
-    def proportions(self, method: str = "gradient") -> dict[str, float]:
-        return self.estimates[method].proportions
+    def proportions(self, method: str | None = None) -> dict[str, float]:
+        """A method's proportions (default: the configured headline method)."""
+        return self.estimates[method or self.config.mixture.method].proportions
 
     def in_units(self, method: str, unit: str) -> dict[str, float]:
         """A method's proportions as shares of documents or of tokens (same domains; "other"
@@ -165,6 +182,12 @@ def _check_options(cfg: MixtureConfig) -> None:
         raise UserError("--k must be at least 1")
     if cfg.gradients.checkpoints < 1:
         raise UserError("--checkpoints must be at least 1")
+    if m.method not in ("adam", "gradient"):
+        raise UserError(f"--method is adam or gradient, not {m.method!r}")
+    if m.adam_batch is not None and not m.adam_batch >= 1:
+        raise UserError("--adam-batch is the fine-tune's batch size: at least 1 (or 'fit')")
+    if m.moments_budget < 1 or m.adam_coordinates < 1:
+        raise UserError("--moments-budget and --adam-coordinates must be positive")
 
 
 def load_domains(cfg: MixtureConfig) -> tuple[list[str], list[str], np.ndarray]:
@@ -235,30 +258,35 @@ def mixture(cfg: MixtureConfig | None = None, progress: bool = True,
     start = time.perf_counter()
     texts, names, domain = load_domains(cfg)
     est.check_domains(domain, names)
-    if cfg.mixture.weighting == "tokens":
-        from ..checkpoints import detect_task
+    from ..checkpoints import detect_task
 
-        if detect_task(cfg.model) != "lm":
-            raise UserError("--weighting tokens is for language models; a classifier's loss "
-                            "weighs documents")
+    task = detect_task(cfg.model)
+    if cfg.mixture.weighting == "tokens" and task != "lm":
+        raise UserError("--weighting tokens is for language models; a classifier's loss "
+                        "weighs documents")
     k = cfg.mixture.k or max(1, len(texts) // 4)
     if k > len(texts):
         raise UserError(f"--k {k} is larger than the corpus ({len(texts)} documents)")
+    tokens = _loss_tokens(cfg, task, texts)
+    weight = tokens if cfg.mixture.weighting == "tokens" else None
+    m = cfg.mixture
+    visit = DomainMoments(domain, np.ones(len(texts)) if weight is None else weight, names,
+                          second=True, budget=m.moments_budget)
     with tempfile.TemporaryDirectory(prefix="w2d-mixture-") as tmp:
         corpus = cfg.corpus
         if cfg.mixture.domains is not None:  # one corpus for select(), in domain order
             path = Path(tmp) / "corpus.jsonl"
             path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
             corpus = CorpusConfig(str(path), "text", cfg.corpus.max_length)
-        run = select(_select_config(cfg, corpus, k), progress=progress)
+        run = select(_select_config(cfg, corpus, k), progress=progress, visit=visit)
     if run is None:  # a torchrun rank other than 0: it only helped build the store
         return None
-    tokens = _loss_tokens(cfg, run.task, texts)
-    weight = tokens if cfg.mixture.weighting == "tokens" else None
     t0 = time.perf_counter()
     rows = est.DomainRows.from_gradients(run.gradients, domain, names, weight)
-    m = cfg.mixture
+    moments = visit.result()
     estimates = {
+        "adam": adam.adam_estimate(moments, m.adam_batch, max_coordinates=m.adam_coordinates,
+                                   seed=m.seed, sampling=m.adam_sampling),
         "gradient": est.gradient_estimate(rows, m.bootstrap, m.confidence, m.other_below, m.seed,
                                           m.debias),
         "select": est.pick_shares(run.selections["select"].indices, domain, names, "select"),
@@ -272,7 +300,8 @@ def mixture(cfg: MixtureConfig | None = None, progress: bool = True,
                           "total": round(time.perf_counter() - start, 3)}}
     result = MixtureResult(
         cfg, names, {n: int(c) for n, c in zip(names, np.bincount(domain, minlength=len(names)))},
-        {n: float(tokens[domain == i].mean()) for i, n in enumerate(names)}, estimates, run, info)
+        {n: float(tokens[domain == i].mean()) for i, n in enumerate(names)}, estimates, run, info,
+        moments)
     if cfg.out:
         from .report import write_output
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..output import atomic_folder, check_destination, versions, write_json
 
 LABELS = {
+    "adam": "Adam-aware fit (ours)",
     "gradient": "gradient NNLS (ours)",
     "select": "share of SELECT picks",
     "topk": "share of top-k picks",
@@ -64,7 +65,10 @@ def table(result) -> str:
             e = result.estimates[m]
             cells.append(f"{e.proportions.get(d, 0.0):>12.3f}")
         lines.append(f"{d:<16}" + "".join(cells))
-    g = result.estimates["gradient"]
+    a, g = result.estimates["adam"], result.estimates["gradient"]
+    lines.append(f"headline method: {result.config.mixture.method}")
+    lines.append(f"adam fit: cos(q, expected Adam update) = {a.extra['cosine']:.3f} at batch "
+                 f"{a.extra['batch']:.3g}{' (fitted)' if a.extra['batch_fitted'] else ''}")
     lines.append(f"gradient fit explains {g.extra['explained']:.1%} of ‖q‖²"
                  + ("; an 'other' share was added" if g.extra["other_added"] else ""))
     if g.low is not None:
@@ -75,7 +79,7 @@ def table(result) -> str:
 
 def report_html(result) -> str:
     esc = html.escape
-    g = result.estimates["gradient"]
+    a, g = result.estimates["adam"], result.estimates["gradient"]
     names = list(g.proportions)
     series = {LABELS.get(m, m): e.proportions for m, e in result.estimates.items()}
     chart = bar_chart_png(names, series, {LABELS["gradient"]: (g.low, g.high)},
@@ -93,7 +97,10 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}</style></head><b
 <p>base <code>{esc(result.config.model.base)}</code>, fine-tuned
 <code>{esc(result.config.model.finetuned)}</code>, {sum(result.documents.values())} corpus
 documents in {len(result.domains)} domains. Proportions are shares of
-<b>{esc(result.config.mixture.weighting)}</b> the fine-tune trained on. The gradient fit explains
+<b>{esc(result.config.mixture.weighting)}</b> the fine-tune trained on. Headline method:
+<b>{esc(result.config.mixture.method)}</b>. The Adam-aware fit reaches cos(q, expected update) =
+<b>{a.extra['cosine']:.3f}</b> at batch size {a.extra['batch']:.3g}
+{"(fitted)" if a.extra['batch_fitted'] else "(given)"}. The gradient fit explains
 <b>{g.extra['explained']:.1%}</b> of ‖θ0 − θf‖² of the last layer
 {"(below the threshold: an <i>other</i> share was added)" if g.extra['other_added'] else ""};
 intervals: {g.extra['confidence']:.0%} bootstrap over documents ({g.extra['bootstrap']} resamples).</p>
