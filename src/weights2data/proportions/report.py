@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 
-from ..output import atomic_folder, check_destination, versions, write_json
+from ..output import atomic_folder, check_destination, png_base64, versions, write_json
 
 LABELS = {
     "adam": "Adam-aware fit (ours)",
@@ -48,10 +46,7 @@ def bar_chart_png(groups: list[str], series: dict[str, dict[str, float]],
         ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return png_base64(fig)
 
 
 def table(result) -> str:
