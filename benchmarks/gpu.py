@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from greedy import bench_greedy, best_of, sync  # noqa: E402  (benchmarks/greedy.py)
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -105,20 +106,9 @@ def framing_for(task: str, vocab: int, max_length: int):
     return make_framing(task, tok, max_length, ModelConfig("b", "f"))
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def timed(fn, device: str, rounds: int = 2) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        sync(device)
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    return best
+    """Fastest of `rounds` calls, in seconds (benchmarks/greedy.py's timer)."""
+    return best_of(fn, torch.device(device), rounds)
 
 
 def bench_model(name, shape, task, dtype, device, n_docs, max_length, batch_tokens, rounds):
@@ -169,7 +159,7 @@ def bench_8b(shape, device, n_docs, max_length, batch_tokens):
     t = time.perf_counter()
     extract(framing, path, tokens, None, layers, sketch, checkpoint_alphas(3, "interpolated"),
             batch_tokens, progress=False)
-    sync(device)
+    sync(torch.device(device))
     secs = time.perf_counter() - t
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
     print(f"8B shape, bf16, P = 3, {int(tokens.lengths.sum())} tokens: {secs:.1f} s, peak "
@@ -200,11 +190,6 @@ def main() -> None:
                 free(device)
     bench_8b(SMOKE if args.smoke else SHAPES["Llama-3.1-8B"], device, 8 if args.smoke else 256,
              args.max_length, args.batch_tokens if not args.smoke else 256)
-    try:
-        from greedy import bench_greedy  # benchmarks/greedy.py
-    except ImportError:
-        print("benchmarks/greedy.py not found: greedy skipped")
-        return
     n, d, k = (2000, 64, 20) if args.smoke else (1_000_000, 4096, 200)
     print(bench_greedy(n, d, k, device=device, dtype=torch.float32))
 

@@ -23,19 +23,19 @@ from weights2data.selection import greedy  # noqa: E402
 from weights2data.selection.rows import TensorRows  # noqa: E402
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _best_of(fn, device: torch.device, rounds: int = 3) -> float:
+def best_of(fn, device: torch.device, rounds: int = 3) -> float:
     """Fastest of `rounds` calls, in seconds."""
     best = float("inf")
     for _ in range(rounds):
-        _sync(device)
+        sync(device)
         t = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - t)
     return best
 
@@ -72,13 +72,13 @@ def bench_greedy(n: int = 1_000_000, d: int = 4096, k: int = 50, device="cuda",
     device = torch.device(device)
     grads, align, sqnorm, qn = gradients(n, d, device, dtype, p)
     nbytes = grads.nbytes
-    read = _best_of(lambda: grads.sum(dtype=torch.float32), device)  # one read of every byte
+    read = best_of(lambda: grads.sum(dtype=torch.float32), device)  # one read of every byte
     s = torch.randn(p, d, device=device)
-    scoring = _best_of(lambda: TensorRows(grads).dots(s, torch.float32, device), device)
+    scoring = best_of(lambda: TensorRows(grads).dots(s, torch.float32, device), device)
     short = max(2, k // 5)
     greedy(grads, align, sqnorm, qn, 2, device=device)  # warm-up (allocator, kernels)
-    t_short = _best_of(lambda: greedy(grads, align, sqnorm, qn, short, device=device), device, 1)
-    t_long = _best_of(lambda: greedy(grads, align, sqnorm, qn, k, device=device), device, 1)
+    t_short = best_of(lambda: greedy(grads, align, sqnorm, qn, short, device=device), device, 1)
+    t_long = best_of(lambda: greedy(grads, align, sqnorm, qn, k, device=device), device, 1)
     per_pick = (t_long - t_short) / (k - short)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {"device": name, "dtype": str(dtype).removeprefix("torch."), "n": n, "d": d, "p": p,

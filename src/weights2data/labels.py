@@ -17,7 +17,6 @@ def score_documents(
     texts: list[str] | Tokens,
     batch_size: int | None = None,
     labels: torch.Tensor | None = None,
-    lengths: list[int] | None = None,
     progress: bool = True,
     desc: str = "autolabel",
     batch_tokens: int | None = None,
@@ -26,7 +25,7 @@ def score_documents(
 
     Classification framings without `labels` take the model's argmax as the label (that is
     autolabelling with θf); `lm` has no labels and returns None. `texts` may be tokenised
-    already (then `lengths` is not needed); batches hold at most `batch_tokens` padded tokens
+    already; batches hold at most `batch_tokens` padded tokens
     and `batch_size` documents.
     """
     device = next(model.parameters()).device

@@ -66,6 +66,19 @@ def atomic_folder(out: Path, write, overwrite: bool) -> None:
         raise
 
 
+def png_base64(fig, dpi: int = 90) -> str:
+    """A matplotlib figure as base64 PNG for a self-contained report page; closes it."""
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
 def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, default=_plain) + "\n")
 

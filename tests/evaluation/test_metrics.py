@@ -89,3 +89,14 @@ def test_sentence_encoder_is_normalised_and_order_free():
     # Paraphrase-level similarity: the sports sentence is nearer a sports sentence.
     q = enc(["the football game finished level"])[0]
     assert q @ e[0] > q @ e[2]
+
+
+def test_perplexity_tokenizes_the_texts_once():
+    model, tok = tiny.gpt2_lm()
+    texts = [r["text"] for r in tiny.corpus(9)]
+    framing = make_framing("lm", tok, 32, ModelConfig("b", "f"))
+    seen = []
+    tokenize = framing.tokenize
+    framing.tokenize = lambda t: seen.append(len(t)) or tokenize(t)
+    perplexity(framing, model, texts, batch_size=4)
+    assert seen == [len(texts)]  # one call over the whole list, none per batch

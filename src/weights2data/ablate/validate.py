@@ -4,9 +4,7 @@ beside the naive proxy (mean of the unit models' own perplexities)."""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import itertools
 import json
 import random
@@ -18,7 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..config import UserError
-from ..output import atomic_folder, check_destination, versions, write_json
+from ..output import atomic_folder, check_destination, png_base64, versions, write_json
 from .merge import merge_into
 from .pool import Pool, train_union
 from .score import EvalSet, mixture_name, perplexity, score_mixtures, write_table
@@ -146,10 +144,7 @@ def _scatter_png(v: Validation) -> str:
         ax.set_ylabel("trained-on-union perplexity")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return png_base64(fig)
 
 
 def report_html(v: Validation, title: str = "weights2data ablate: validation") -> str:

@@ -3,15 +3,14 @@ tables, matplotlib figures embedded as base64 PNGs)."""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: figures are only ever written to PNG bytes
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..output import png_base64  # noqa: E402
 from .recipe_check import summary, tau_text  # noqa: E402
 
 esc = html.escape
@@ -92,13 +91,6 @@ def _select_runs(results: dict) -> list[tuple[str, dict]]:
     return out
 
 
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
 def _color(name: str) -> str:
     return "#c44e52" if name.startswith("select") else "#55a868" if name == "oracle" else "#4c72b0"
 
@@ -122,7 +114,7 @@ def _bars(results: dict, k: str) -> str:
     ax.set_ylabel(results["metric"])
     ax.set_title(f"K = {k}: bars mean ± sd, points the {_n(results)} seeds")
     ax.legend(loc="best", fontsize=8)
-    return _png(fig)
+    return png_base64(fig)
 
 
 def _by_k(results: dict) -> str:
@@ -138,7 +130,7 @@ def _by_k(results: dict) -> str:
     ax.set_xlabel("K (documents selected)")
     ax.set_ylabel(results["metric"])
     ax.legend(fontsize=7, ncol=2)
-    return _png(fig)
+    return png_base64(fig)
 
 
 def _curves(results: dict) -> str | None:
@@ -154,7 +146,7 @@ def _curves(results: dict) -> str | None:
     ax.set_xlabel("picks")
     ax.set_ylabel("cos(S, q)")
     ax.legend(fontsize=7)
-    return _png(fig)
+    return png_base64(fig)
 
 
 def _stacked(results: dict, field: str, k: str) -> str | None:
@@ -174,7 +166,7 @@ def _stacked(results: dict, field: str, k: str) -> str | None:
     ax.set_xlim(0, 1)
     ax.invert_yaxis()
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
-    return _png(fig)
+    return png_base64(fig)
 
 
 def _html_table(head: list[str], rows: list[list], cls: str = "") -> str:

@@ -47,11 +47,11 @@ def perplexity(
     of per-document perplexities), at the framing's max length."""
     if framing.autolabel:
         raise ValueError(f"perplexity needs the lm framing, not {framing.name}")
-    lengths = framing.token_counts(texts)
-    _, losses = score_documents(framing, model, texts, batch_size, lengths=lengths,
-                                progress=progress, desc="perplexity")
+    tokens = framing.tokenize(texts)  # once: the same ids give the losses and their weights
+    _, losses = score_documents(framing, model, tokens, batch_size, progress=progress,
+                                desc="perplexity")
     # The lm framing averages each document over its len-1 predictions: undo that.
-    counts = torch.tensor([max(n - 1, 0) for n in lengths], dtype=torch.float64)
+    counts = torch.from_numpy(tokens.lengths - 1).clamp(min=0).double()
     mean_nll = float((losses.double() * counts).sum() / counts.sum())
     return math.exp(mean_nll) if mean_nll < 700 else math.inf  # exp overflows a float beyond
 
