@@ -37,7 +37,7 @@ def add_parser(sub) -> None:
     p.add_argument("--lora", action="store_true",
                    help="bbc/wiki: the expert is a LoRA adapter (r = 8, alpha 16, on the attention "
                    "query and value modules, head frozen) and every row is retrained with the same "
-                   "recipe (a fresh adapter on θ0, lr 1e-3); select takes the adapter's layers")
+                   "recipe (a fresh adapter on θ0 at LoRA's own lr); select takes the adapter's layers")
     p.add_argument("--recipe-check", action="store_true",
                    help="also rerun the smallest K at half and double the step budget and report "
                    "whether the ranking of strategies holds (Kendall τ)")

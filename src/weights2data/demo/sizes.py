@@ -22,7 +22,9 @@ CONFIDENCE_QUANTILE = 0.5  # fixed in advance: the surer half of each autolabel
 # value modules, head frozen. LoRA needs a higher learning rate than full fine-tuning: the
 # retraining lr was chosen on validation (python -m weights2data.demo.tune lr --lora).
 LORA = Lora(r=8, alpha=16, targets=("query", "value"))
-LORA_LR = 1e-3
+# The LoRA retraining recipe: the step floor the lr was tuned at (80, the classification floor
+# before CLASSIFY_RECIPE), the lr chosen on validation among 3e-4, 1e-3, 3e-3, 1e-2.
+LORA_RECIPE = {"min_steps": 80, "lr": 3e-3}
 LORA_EXPERT_LR = 1e-3  # fixed in advance: the usual LoRA rate
 # LoRA expert epochs, chosen on validation among 1, 2, 3 (tune expert --lora --preset quick):
 # bbc 89.9 / 96.3 / 96.6 % -> 3. wiki: not tuned for LoRA, its full fine-tune's choice (3).
@@ -113,7 +115,8 @@ def sizes_for(task: str, preset: str, lora: bool = False) -> Sizes:
         if sizes.variants:
             sizes.variants = select_variants(sizes.checkpoints, lora=True)
         if preset != "smoke":  # the smoke preset's rates already train tiny models fast
-            sizes.lr, sizes.expert_lr = LORA_LR, LORA_EXPERT_LR
+            sizes.min_steps, sizes.lr = LORA_RECIPE["min_steps"], LORA_RECIPE["lr"]
+            sizes.expert_lr = LORA_EXPERT_LR
             sizes.expert_epochs = LORA_EXPERT_EPOCHS[task]
     return sizes
 
