@@ -71,6 +71,26 @@ def expert_epochs(task: str, cache: Path, choices=(1, 2, 3), preset: str = "full
             "chosen": chosen, "lower_is_better": lower}
 
 
+def _seed0_grid(p, rows: list[str], settings, folder: str, schedule_of, label) -> dict:
+    """Each (row, setting): θ0 trained on the row's documents at the smallest K, seed 0, with
+    `schedule_of(setting)`; its validation metric and final training loss. Validation only:
+    no test number is computed. Several processes on one cache split the jobs."""
+    k = min(p.sizes.ks)
+    sets = p.sets(with_test=False)
+    found: dict[tuple, dict] = {}
+    jobs = [(name, setting) for setting in settings for name in rows]
+    for wait in (False, True):
+        for name, setting in [j for j in jobs if j not in found]:
+            out = protocol.evaluate(p.setup_for(name), p.draw(name, k), k, schedule_of(setting),
+                                    [0], sets, cache=p.work / folder, wait=wait)
+            if out is None:
+                continue
+            found[name, setting] = {"train_loss": out["train_loss"]["mean"], "val": out["mean"]}
+            print(f"{name:<16} {label(setting)}: train loss {out['train_loss']['mean']:.3f}, "
+                  f"validation {out['mean']:.2f}", flush=True)
+    return found
+
+
 def budget(task: str, cache: Path, budgets=(40, 80, 160), preset: str = "full",
            progress: bool = True, lr: float | None = None, lora: bool = False) -> dict:
     """Final training loss and validation metric of each row at each step budget (seed 0, the
@@ -80,23 +100,12 @@ def budget(task: str, cache: Path, budgets=(40, 80, 160), preset: str = "full",
     sizes.variants = {}
     sizes.lr = lr or sizes.lr
     p = prepare(hidden, make_base, sizes, cache, strategies, progress)
-    k = min(sizes.ks)
-    sets = p.sets(with_test=False)  # validation only: no test number is computed here
     rows = BUDGET_ROWS["lm" if task == "lm" else "classify"]
-    table: dict[str, dict[int, dict]] = {}
-    jobs = [(name, steps) for name in rows for steps in budgets]
-    for wait in (False, True):  # several processes on one cache split the jobs
-        for name, steps in [j for j in jobs if j[1] not in table.get(j[0], {})]:
-            schedule = Schedule(min_steps=steps, epochs=0, lr=sizes.lr, batch_size=sizes.batch_size,
-                                lora=sizes.lora)
-            out = protocol.evaluate(p.setup_for(name), p.draw(name, k), k, schedule, [0], sets,
-                                    cache=p.work / "tune-budget", wait=wait)
-            if out is None:
-                continue
-            table.setdefault(name, {})[steps] = {"train_loss": out["train_loss"]["mean"],
-                                                 "val": out["mean"]}
-            print(f"{name:<16} {steps:>4} steps: train loss {out['train_loss']['mean']:.3f}, "
-                  f"validation {out['mean']:.2f}", flush=True)
+    grid = _seed0_grid(p, rows, budgets, "tune-budget", lambda steps: Schedule(
+        min_steps=steps, epochs=0, lr=sizes.lr, batch_size=sizes.batch_size, lora=sizes.lora),
+        lambda steps: f"{steps:>4} steps")
+    table = {name: {steps: grid[name, steps] for steps in budgets} for name in rows}
+    k = min(sizes.ks)
     flat = [s for s, s2 in zip(budgets, budgets[1:])
             if all(table[n][s]["train_loss"] - table[n][s2]["train_loss"] < TOLERANCE for n in rows)]
     return {"task": task, "k": k, "lr": sizes.lr, "batch_size": sizes.batch_size,
@@ -113,21 +122,10 @@ def learning_rate(task: str, cache: Path, lrs=(3e-4, 1e-3, 3e-3), preset: str = 
     sizes.variants = {}
     p = prepare(hidden, make_base, sizes, cache, strategies, progress)
     k = min(sizes.ks)
-    sets = p.sets(with_test=False)  # validation only: no test number is computed here
     rows = BUDGET_ROWS["lm" if task == "lm" else "classify"]
-    table: dict[float, dict[str, dict]] = {}
-    jobs = [(lr, name) for lr in lrs for name in rows]
-    for wait in (False, True):  # several processes on one cache split the jobs
-        for lr, name in [j for j in jobs if j[1] not in table.get(j[0], {})]:
-            schedule = replace(sizes.schedule(), lr=lr)
-            out = protocol.evaluate(p.setup_for(name), p.draw(name, k), k, schedule, [0], sets,
-                                    cache=p.work / "tune-lr", wait=wait)
-            if out is None:
-                continue
-            table.setdefault(lr, {})[name] = {"train_loss": out["train_loss"]["mean"],
-                                              "val": out["mean"]}
-            print(f"lr {lr:g} {name:<16}: train loss {out['train_loss']['mean']:.3f}, "
-                  f"validation {out['mean']:.2f}", flush=True)
+    grid = _seed0_grid(p, rows, lrs, "tune-lr", lambda lr: replace(sizes.schedule(), lr=lr),
+                       lambda lr: f"lr {lr:g}")
+    table = {lr: {name: grid[name, lr] for name in rows} for lr in lrs}
     lower = task == "lm"
     mean = {lr: sum(r["val"] for r in table[lr].values()) / len(rows) for lr in lrs}
     best = (min if lower else max)(mean.values())
