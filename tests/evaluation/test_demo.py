@@ -173,3 +173,5 @@ def test_demo_cli_refuses_bad_sizes(capsys):
     assert "--leak is a fraction" in capsys.readouterr().err
     assert main(["demo", "--seeds", "0", "--quiet"]) == 2
     assert "--seeds must be at least 1" in capsys.readouterr().err
+    assert main(["demo", "--lora", "--task", "lm", "--quiet"]) == 2
+    assert "--lora is for the classification tasks" in capsys.readouterr().err

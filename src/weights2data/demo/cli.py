@@ -34,6 +34,10 @@ def add_parser(sub) -> None:
                    help="also run the SELECT variants of --full (the other P of 1, 3, 5; gradients "
                    "at θf; classification: zero head init, the surest half of each autolabel) at "
                    "this preset's sizes")
+    p.add_argument("--lora", action="store_true",
+                   help="bbc/wiki: the expert is a LoRA adapter (r = 8, alpha 16, on the attention "
+                   "query and value modules, head frozen) and every row is retrained with the same "
+                   "recipe (a fresh adapter on θ0 at LoRA's own lr); select takes the adapter's layers")
     p.add_argument("--recipe-check", action="store_true",
                    help="also rerun the smallest K at half and double the step budget and report "
                    "whether the ranking of strategies holds (Kendall τ)")
@@ -73,9 +77,11 @@ def run_demo_cli(args) -> None:
         run_mixture_demo(args.out or str(Path(args.cache) / "mixture"), preset, args.seeds,
                          cache=Path(args.cache) / "mixture", progress=not args.quiet)
         return
-    sizes = sizes_for(task, preset)
+    if args.lora and task == "lm":
+        raise UserError("--lora is for the classification tasks (--task bbc or wiki)")
+    sizes = sizes_for(task, preset, lora=args.lora)
     if args.variants:
-        sizes.variants = select_variants(sizes.checkpoints, classify=task != "lm")
+        sizes.variants = select_variants(sizes.checkpoints, classify=task != "lm", lora=args.lora)
     if args.seeds is not None:
         if args.seeds < 1:
             raise UserError("--seeds must be at least 1")

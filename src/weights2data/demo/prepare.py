@@ -22,7 +22,7 @@ from ..config import ModelConfig
 from ..evaluation import protocol
 from ..evaluation.evaluate import Run, load_run
 from ..evaluation.protocol import EvalSets, Setup, fingerprint, fixed, load_setup, redraw, redrawn
-from ..evaluation.train import Recipe, train
+from ..evaluation.train import Recipe, adapt, train
 from ..framings import make_framing
 from ..pipeline import select
 from . import data
@@ -183,13 +183,14 @@ def prepare(
         names = strategies if not name else ["select"]
         # Variants that only change which rows are eligible reuse the main run's gradients.
         store = work / "store" if set(opts) <= {"confidence_quantile"} else None
-        stages.run(f"select ({name or ', '.join(names)})", (folder / output.MANIFEST).exists(),
+        stages.run(select_stage(name, names), (folder / output.MANIFEST).exists(),
                    lambda folder=folder, names=names, opts=opts, store=store: select(
                        base=str(base_dir), finetuned=str(expert_dir), corpus=str(corpus_path),
                        k=k_max, strategies=names, max_length=sizes.max_length,
                        checkpoints=opts.get("checkpoints", sizes.checkpoints),
                        grad_at=opts.get("grad_at", "interpolated"),
                        head_init=opts.get("head_init", "auto"),
+                       layers=opts.get("layers", ["auto"]),
                        confidence_quantile=opts.get("confidence_quantile", 0.0),
                        seed=sizes.seed, out=str(folder),
                        store=None if store is None else str(store),
@@ -199,6 +200,11 @@ def prepare(
                     stages)
 
 
+def select_stage(name: str, strategies: list[str] | None = None) -> str:
+    """The stage name of a select run: the main run ("") lists its strategies."""
+    return f"select ({name or ', '.join(strategies or [])})"
+
+
 def model_dirs(hidden: Hidden, sizes: Sizes, cache: Path) -> tuple[Path, Path]:
     """Where θ0 and θf live in the cache. The expert does not depend on the seed corpus:
     presets that share its recipe share it."""
@@ -206,7 +212,16 @@ def model_dirs(hidden: Hidden, sizes: Sizes, cache: Path) -> tuple[Path, Path]:
                             "labels": hidden.label_names, "heal": sizes.heal_key()})
     expert_key = {"base": base_key, "train": fingerprint(hidden.train), "seed": sizes.seed,
                   "recipe": [sizes.max_length, float(sizes.expert_epochs), sizes.expert_lr, sizes.batch_size]}
-    return Path(cache) / f"base-{base_key}", Path(cache) / f"expert-{fingerprint(expert_key)}"
+    kind = "expert"
+    if sizes.lora is not None:  # a LoRA expert never shares a folder with a full fine-tune
+        expert_key["lora"] = sizes.lora.to_dict()
+        kind = "expert-lora"
+    return Path(cache) / f"base-{base_key}", Path(cache) / f"{kind}-{fingerprint(expert_key)}"
+
+
+def expert_done(sizes: Sizes, expert_dir: Path) -> bool:
+    """A finished expert: a model folder, or an adapter folder for a LoRA expert."""
+    return (expert_dir / ("config.json" if sizes.lora is None else "adapter_config.json")).exists()
 
 
 def build_models(hidden: Hidden, make_base: Callable[[Path], None], sizes: Sizes, cache: Path,
@@ -215,15 +230,17 @@ def build_models(hidden: Hidden, make_base: Callable[[Path], None], sizes: Sizes
     base_dir, expert_dir = model_dirs(hidden, sizes, cache)
     stages.run("build base θ0", (base_dir / "config.json").exists(),
                lambda: output.atomic_folder(base_dir, make_base, overwrite=True))
-    stages.run(f"fine-tune expert θf ({sizes.expert_epochs:g} epochs)",
-               (expert_dir / "config.json").exists(),
+    how = "" if sizes.lora is None else f"LoRA r={sizes.lora.r} on {'/'.join(sizes.lora.targets)}, "
+    stages.run(f"fine-tune expert θf ({how}{sizes.expert_epochs:g} epochs)",
+               expert_done(sizes, expert_dir),
                lambda: _train_expert(hidden, sizes, base_dir, expert_dir, progress))
     return base_dir, expert_dir
 
 
 def _work_key(hidden: Hidden, sizes: Sizes) -> dict:
     """What the cached expert, corpus and selections depend on (not K-list, seeds or recipe)."""
-    return {"task": hidden.task, "train": fingerprint(hidden.train),
+    lora = {} if sizes.lora is None else {"lora": sizes.lora.to_dict()}  # full keys unchanged
+    return lora | {"task": hidden.task, "train": fingerprint(hidden.train),
             "val": fingerprint(hidden.val), "test": fingerprint(hidden.test),
             "seed_corpus": fingerprint(hidden.seed), "max_length": sizes.max_length,
             "checkpoints": sizes.checkpoints,
@@ -243,7 +260,8 @@ def _leaked(hidden: Hidden, sizes: Sizes) -> list[dict]:
 def _train_expert(hidden: Hidden, sizes: Sizes, base_dir: Path, expert_dir: Path,
                   progress: bool) -> None:
     """θf = θ0 fine-tuned on the hidden training data with its true labels (never on the
-    validation or test split)."""
+    validation or test split); with `sizes.lora`, a LoRA adapter on θ0 (head frozen), saved
+    as a PEFT adapter folder."""
     lm = hidden.task == "lm"
     cls = AutoModelForCausalLM if lm else AutoModelForSequenceClassification
     model = cls.from_pretrained(base_dir)
@@ -252,12 +270,14 @@ def _train_expert(hidden: Hidden, sizes: Sizes, base_dir: Path, expert_dir: Path
     texts = [r["text"] for r in hidden.train]
     labels = None if lm else [r["label"] for r in hidden.train]
     steps = max(1, math.ceil(sizes.expert_epochs * len(texts) / sizes.batch_size))
-    log = train(model, framing, texts, labels,
-                Recipe(steps=steps, lr=sizes.expert_lr, batch_size=sizes.batch_size, seed=sizes.seed),
-                progress=progress)
+    recipe = Recipe(steps=steps, lr=sizes.expert_lr, batch_size=sizes.batch_size, seed=sizes.seed,
+                    lora=sizes.lora)
+    # A LoRA expert is saved as the adapter alone (adapter_config.json, adapter_model.safetensors).
+    saved = model if sizes.lora is None else adapt(model, sizes.lora, sizes.seed)
+    log = train(model, framing, texts, labels, recipe, progress=progress)
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
+        saved.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         output.write_json(tmp / "expert.json", {"steps": steps, "final_train_loss": log.final_loss})
 

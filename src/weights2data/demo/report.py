@@ -45,8 +45,8 @@ def table(results: dict) -> str:
     ks, d = _ks(results), _digits(results)
     name_w = max(26, *(len(n) + 2 for n, _ in _rows(results)))
     cell_w = 28
-    lines = [f"{results.get('name') or results['task']}: {_unit(results)} on the test split, "
-             f"mean ± sd over n = {_n(results)} seeds; loss = final training loss",
+    lines = [f"{results.get('name') or results['task']}{_lora_note(results)}: {_unit(results)} on "
+             f"the test split, mean ± sd over n = {_n(results)} seeds; loss = final training loss",
              f"{'strategy':<{name_w}}" + "".join(f"{'K=' + k:>{cell_w}}" for k in ks)]
     for name, per_k in _rows(results):
         cells = [f"{_ms(per_k[k], d)}  loss {per_k[k]['train_loss']['mean']:.3f}" for k in ks]
@@ -56,7 +56,39 @@ def table(results: dict) -> str:
         lines.append(f"{label:<{name_w}}" + f"{results[name]['test']:.{d}f}".rjust(cell_w))
     if results.get("recipe_check"):
         lines.append(summary(results["recipe_check"]))
+    for name, run in _select_runs(results):
+        lines.append(f"select run {name}: {run['layer_count']} layer(s) ({run['layers']}), "
+                     f"extraction {_fmt(run['extract_s'])} s, whole run {_fmt(run['total_s'])} s")
     return "\n".join(lines)
+
+
+def _extraction(timings: dict) -> float | None:
+    if "store" in timings:
+        return timings["store"]
+    parts = [timings[k] for k in ("autolabel", "gradients") if k in timings]
+    return round(sum(parts), 1) if parts else None
+
+
+def _lora_note(results: dict) -> str:
+    lora = results["sizes"].get("lora")
+    if not lora:
+        return ""
+    return f" (LoRA: r = {lora['r']} on {'/'.join(lora['targets'])}, head frozen)"
+
+
+def _select_runs(results: dict) -> list[tuple[str, dict]]:
+    """Each select run's layers and extraction time: autolabels and gradients at every
+    checkpoint (the manifest's `store` step, or `autolabel` + `gradients` without a store)."""
+    from ..gradients.layers import _summary
+
+    out = []
+    for name, info in results.get("select", {}).items():
+        timings = info.get("timings_s") or {}
+        layers = info.get("layers") or []
+        out.append((name, {"layer_count": len(layers), "layers": _summary(layers, most=4),
+                           "extract_s": _extraction(timings),
+                           "total_s": round(sum(timings.values()), 1) if timings else None}))
+    return out
 
 
 def _color(name: str) -> str:
@@ -198,6 +230,10 @@ def _recipe_tables(results: dict) -> str:
         parts += ["<h3>SELECT variants</h3>", _kv(results["sizes"]["variants"])]
     if results.get("base_model"):
         parts += ["<h3>Base model θ0</h3>", _kv(results["base_model"])]
+    runs = [[esc(n), str(r["layer_count"]), esc(r["layers"]), esc(_fmt(r["extract_s"])),
+             esc(_fmt(r["total_s"]))] for n, r in _select_runs(results)]
+    parts += ["<h3>SELECT runs: layers and extraction time (s)</h3>",
+              _html_table(["run", "layers", "which", "extraction", "whole run"], runs)]
     parts += ["<h3>Timings (s)</h3>", _kv(results["timings_s"]),
               "<h3>Machine</h3>", _kv(results["machine"])]
     return "\n".join(parts)
@@ -231,7 +267,7 @@ def write_html(results: dict, path) -> None:
     """A single HTML file: tables, figures, recipe, first picks."""
     ks = _ks(results)
     name = results.get("name") or results["task"]
-    body = [f"<h1>weights2data demo: {esc(name)}</h1>",
+    body = [f"<h1>weights2data demo: {esc(name + _lora_note(results))}</h1>",
             "<p>θ0 is retrained on each selection with one fixed recipe (the same for every row); "
             "the expert θf is the model whose training data is being recovered; the oracle "
             "trains on K true training documents with their true labels. Random and the oracle "

@@ -20,7 +20,7 @@ from ..evaluation import protocol
 from ..evaluation.evaluate import Run
 from ..evaluation.metrics import SentenceEncoder, distribution, leakage, ot_distance
 from ..evaluation.protocol import fingerprint, write_atomic
-from .prepare import Hidden, Prepared, prepare, slug
+from .prepare import Hidden, Prepared, prepare, select_stage, slug
 from .sizes import Sizes
 
 __all__ = ["Hidden", "run_demo"]
@@ -63,11 +63,7 @@ def run_demo(
         "schedule": schedule.to_dict(),
         "recipes": {str(k): schedule.recipe(k).to_dict() for k in sizes.ks},
         "seeds": list(range(sizes.seeds)),
-        "select": {name or "main": {"folder": str(r.folder), "config": r.manifest["config"],
-                                    "head_init": r.manifest.get("head_init"),
-                                    "eligible_documents": r.manifest.get("eligible_documents"),
-                                    "timings_s": r.manifest.get("timings_s")}
-                   for name, r in runs.items()},
+        "select": {name or "main": _select_info(p, name) for name in runs},
         "label_names": hidden.label_names,
         "true_labels": None if lm else distribution(p.train_labels, hidden.label_names),
         **points,
@@ -95,6 +91,18 @@ def run_demo(
             {f: {n: measured[n, k, f] for n in _checked(p)} for f in budgets}, k,
             lower_is_better=lm)
     return results
+
+
+def _select_info(p: Prepared, name: str) -> dict:
+    """One select run: its options, the layers its gradients were taken of, and its timings
+    (the manifest's per step; the stage's wall and CPU seconds when it ran in this process)."""
+    r, stage = p.runs[name], select_stage(name, p.strategies)
+    return {"folder": str(r.folder), "config": r.manifest["config"],
+            "head_init": r.manifest.get("head_init"),
+            "eligible_documents": r.manifest.get("eligible_documents"),
+            "layers": [la["name"] for la in r.manifest.get("layers", [])],
+            "timings_s": r.manifest.get("timings_s"),
+            "stage_s": p.stages.seconds.get(stage), "stage_cpu_s": p.stages.cpu_seconds.get(stage)}
 
 
 def _checked(p: Prepared) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from ..evaluation.train import Schedule
+from ..evaluation.train import Lora, Schedule
 
 CLASSIFY_STRATEGIES = ["select", "topk", "topk-balanced", "random", "loss-diff"]
 LM_STRATEGIES = ["select", "topk", "random", "loss-min", "loss-diff"]
@@ -18,18 +18,34 @@ TASKS = ("bbc", "wiki", "lm")
 MIN_STEPS = 80
 CLASSIFY_RECIPE = {"min_steps": 160, "lr": 3e-4}
 CONFIDENCE_QUANTILE = 0.5  # fixed in advance: the surer half of each autolabel
+# --lora: the expert and every retraining train a fresh r = 8 adapter on the attention query and
+# value modules, head frozen. LoRA needs a higher learning rate than full fine-tuning: the
+# retraining lr was chosen on validation (python -m weights2data.demo.tune lr --lora).
+LORA = Lora(r=8, alpha=16, targets=("query", "value"))
+# The LoRA retraining recipe: the step floor the lr was tuned at (80, the classification floor
+# before CLASSIFY_RECIPE), the lr chosen on validation among 3e-4, 1e-3, 3e-3, 1e-2.
+LORA_RECIPE = {"min_steps": 80, "lr": 3e-3}
+LORA_EXPERT_LR = 1e-3  # fixed in advance: the usual LoRA rate
+# LoRA expert epochs, chosen on validation among 1, 2, 3 (tune expert --lora --preset quick):
+# bbc 89.9 / 96.3 / 96.6 % -> 3. wiki: not tuned for LoRA, its full fine-tune's choice (3).
+LORA_EXPERT_EPOCHS = {"bbc": 3, "wiki": 3}
 
 
-def select_variants(checkpoints: int, classify: bool = True) -> dict[str, dict]:
+def select_variants(checkpoints: int, classify: bool = True, lora: bool = False) -> dict[str, dict]:
     """The SELECT variants of the --full grid, beside a main run at P = `checkpoints`:
-    name -> options passed to `select` on top of the main run's. Head init and the
-    confidence filter only exist for classification."""
+    name -> options passed to `select` on top of the main run's. Head init, the layers and the
+    confidence filter only exist for classification; a LoRA expert leaves the head alone, so
+    its main run already takes the adapter's layers and a zero head would be a change θf never
+    made."""
     names = {1: "select P=1 (θ0 only)", 3: "select P=3", 5: "select P=5"}
     out = {name: {"checkpoints": p} for p, name in names.items() if p != checkpoints}
     out["select grad at θf"] = {"grad_at": "finetuned"}
     if not classify:
         return out
-    out["select head init zeros"] = {"head_init": "zeros"}
+    if not lora:
+        out["select head init zeros"] = {"head_init": "zeros"}
+        # Every linear module that changed, beside the main run's last layer (the head).
+        out["select layers=changed"] = {"layers": ["changed"]}
     out[f"select surest {1 - CONFIDENCE_QUANTILE:.0%} per class"] = {
         "confidence_quantile": CONFIDENCE_QUANTILE}
     return out
@@ -64,6 +80,7 @@ class Sizes:
     heal_lr: float = 1e-3
     heal_docs: int = 0
     recipe_check: bool = False  # rerun the smallest K at half and double the step budget
+    lora: Lora | None = None  # the expert and every retraining: a LoRA adapter, head frozen
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -74,7 +91,7 @@ class Sizes:
 
     def schedule(self) -> Schedule:
         return Schedule(min_steps=self.min_steps, epochs=self.epochs, lr=self.lr,
-                        batch_size=self.batch_size)
+                        batch_size=self.batch_size, lora=self.lora)
 
     def heal_key(self) -> list | None:
         return [self.heal_steps, self.heal_lr, self.heal_docs] if self.heal_steps else None
@@ -87,8 +104,24 @@ def _smoke() -> Sizes:
                  train_docs=30, test_docs=20, embed_length=32)
 
 
-def sizes_for(task: str, preset: str) -> Sizes:
-    """The preset of a demo task."""
+def sizes_for(task: str, preset: str, lora: bool = False) -> Sizes:
+    """The preset of a demo task; with `lora`, the expert and every retraining train a LoRA
+    adapter (LORA) at LoRA's learning rates, the rest of the preset unchanged."""
+    sizes = _preset(task, preset)
+    if lora:
+        if task == "lm":
+            raise ValueError("the LoRA demo is for the classification tasks")
+        sizes.lora = LORA
+        if sizes.variants:
+            sizes.variants = select_variants(sizes.checkpoints, lora=True)
+        if preset != "smoke":  # the smoke preset's rates already train tiny models fast
+            sizes.min_steps, sizes.lr = LORA_RECIPE["min_steps"], LORA_RECIPE["lr"]
+            sizes.expert_lr = LORA_EXPERT_LR
+            sizes.expert_epochs = LORA_EXPERT_EPOCHS[task]
+    return sizes
+
+
+def _preset(task: str, preset: str) -> Sizes:
     if task not in TASKS:
         raise ValueError(f"unknown demo task {task!r}")
     if preset == "smoke":

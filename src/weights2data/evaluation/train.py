@@ -1,5 +1,6 @@
 """One fixed training recipe, used for every retraining (strategies, oracle, random) and
-for building demo checkpoints: no early stopping, no peeking at any test set."""
+for building demo checkpoints: no early stopping, no peeking at any test set. The recipe
+trains every weight, or only a fresh LoRA adapter (`Lora`) with everything else frozen."""
 
 from __future__ import annotations
 
@@ -14,9 +15,52 @@ from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 from ..framings import Framing
 
 
+@dataclass(frozen=True)
+class Lora:
+    """A fresh PEFT LoRA adapter on `targets` (module name suffixes): ΔW = (alpha/r)·B A, no
+    bias, no dropout, no module saved in full, so the head and every other weight stay frozen."""
+
+    r: int = 8
+    alpha: int = 16
+    targets: tuple[str, ...] = ("query", "value")
+
+    def config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, target_modules=list(self.targets),
+                          lora_dropout=0.0, bias="none")
+
+    def to_dict(self) -> dict:
+        return {"r": self.r, "alpha": self.alpha, "targets": list(self.targets)}
+
+
+def adapt(model: PreTrainedModel, lora: Lora, seed: int = 0):
+    """Inject a fresh LoRA adapter into `model` in place (its forward now goes through it) and
+    freeze every other weight; returns the PeftModel, which saves the adapter folder. A's
+    random init is seeded by `seed` (B starts at zero: the model is unchanged until trained)."""
+    from peft import get_peft_model
+
+    torch.manual_seed(seed)
+    # No task_type: PEFT's sequence-classification wrapper would train the head in full
+    # (modules_to_save), and the head is meant to stay as θ0 has it.
+    return get_peft_model(model, lora.config())
+
+
+def has_adapter(model: torch.nn.Module) -> bool:
+    from peft.tuners.lora import LoraLayer
+
+    return any(isinstance(m, LoraLayer) for m in model.modules())
+
+
+def _lora_dict(lora: Lora | None) -> dict:
+    # Absent when None, so the fingerprints of full fine-tuning results stay what they were.
+    return {} if lora is None else {"lora": lora.to_dict()}
+
+
 @dataclass
 class Recipe:
-    """AdamW with linear warm-up and decay over a fixed number of steps."""
+    """AdamW with linear warm-up and decay over a fixed number of steps; with `lora`, of a
+    fresh LoRA adapter only."""
 
     steps: int = 200
     lr: float = 5e-5
@@ -24,9 +68,12 @@ class Recipe:
     weight_decay: float = 0.0
     warmup: float = 0.1  # fraction of steps
     seed: int = 0
+    lora: Lora | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        del d["lora"]
+        return d | _lora_dict(self.lora)
 
 
 @dataclass
@@ -41,13 +88,15 @@ class Schedule:
     batch_size: int = 16
     weight_decay: float = 0.0
     warmup: float = 0.1
+    lora: Lora | None = None
 
     def steps(self, k: int) -> int:
         return max(self.min_steps, math.ceil(self.epochs * k / self.batch_size))
 
     def recipe(self, k: int, seed: int = 0) -> Recipe:
         return Recipe(steps=self.steps(k), lr=self.lr, batch_size=self.batch_size,
-                      weight_decay=self.weight_decay, warmup=self.warmup, seed=seed)
+                      weight_decay=self.weight_decay, warmup=self.warmup, seed=seed,
+                      lora=self.lora)
 
     def scaled(self, factor: float) -> Schedule:
         """The same recipe with `factor` times the step budget (the recipe check)."""
@@ -55,7 +104,9 @@ class Schedule:
                        epochs=self.epochs * factor)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        del d["lora"]
+        return d | _lora_dict(self.lora)
 
 
 @dataclass
@@ -86,10 +137,14 @@ def train(
     per-step training losses.
 
     Batches walk seeded permutations of the data, epoch after epoch, until `steps`.
-    `labels` are class indices for classification framings, None for `lm`.
+    `labels` are class indices for classification framings, None for `lm`. With `recipe.lora`
+    only a LoRA adapter trains: a fresh one is injected into `model` (in place, left unmerged)
+    unless it already carries one (`adapt`, to keep the PeftModel that saves it).
     """
     if len(texts) == 0:
         raise ValueError("nothing to train on")
+    if recipe.lora is not None and not has_adapter(model):
+        adapt(model, recipe.lora, recipe.seed)
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(recipe.seed)
     torch.manual_seed(recipe.seed)  # dropout
