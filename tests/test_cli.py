@@ -78,10 +78,9 @@ def test_confidence_quantile_drops_the_least_sure_of_each_class(bert_run, capsys
                    "--strategy", "select", "topk-balanced", "random") == 0
     manifest = json.loads((out / "manifest.json").read_text())
     scores = pq.read_table(out / "scores.parquet").to_pandas()
-    scores["conf"] = np.exp(-scores["loss_finetuned"])
     sure = set()
     for _, group in scores.groupby("autolabel"):  # the surer half of every autolabel, rounded up
-        sure |= set(group.sort_values("conf", ascending=False, kind="stable")["index"]
+        sure |= set(group.sort_values("loss_finetuned", kind="stable")["index"]
                     [: -(-len(group) // 2)])
     assert manifest["eligible_documents"] == len(sure) < 45
     assert {scores["autolabel"][i] for i in sure} == set(scores["autolabel"])  # no class removed
@@ -99,12 +98,21 @@ def test_confident_rows_never_empties_a_class():
     from weights2data.selection import confident_rows
 
     labels = np.array([0, 0, 0, 0, 1, 2, 2])
-    conf = np.array([0.9, 0.2, 0.95, 0.5, 0.1, 0.3, 0.3])
+    loss = -np.log([0.9, 0.2, 0.95, 0.5, 0.1, 0.3, 0.3])  # θf's probabilities of the labels
     # class 0 keeps its top 2 of 4, class 1 its only row (however unsure), class 2 the lower tied row
-    assert confident_rows(conf, labels, 0.5).tolist() == [True, False, True, False, True, True, False]
-    assert confident_rows(conf, labels, 0.0).all()
+    assert confident_rows(loss, labels, 0.5).tolist() == [True, False, True, False, True, True, False]
+    assert confident_rows(loss, labels, 0.0).all()
     # a single threshold would have removed class 1 and 2 entirely
-    assert set(labels[confident_rows(conf, labels, 0.9)]) == {0, 1, 2}
+    assert set(labels[confident_rows(loss, labels, 0.9)]) == {0, 1, 2}
+
+
+def test_confident_rows_ranks_the_surest_by_loss_not_rounded_probability():
+    from weights2data.selection import confident_rows
+
+    # Two near-certain documents: distinct float32 losses whose float32 probabilities tie.
+    loss = torch.tensor([1.00001e-4, 1.0e-4], dtype=torch.float32)
+    assert loss[0] != loss[1] and torch.exp(-loss)[0] == torch.exp(-loss)[1]
+    assert confident_rows(loss.numpy(), np.array([0, 0]), 0.5).tolist() == [False, True]
 
 
 def test_classify_tokens_and_lm_framings_run(tmp_path):

@@ -202,8 +202,7 @@ def _finish(cfg, texts, pair, framing, labels, loss_ft, loss_base, grads, info, 
         if labels is None:
             raise UserError("--confidence-quantile needs autolabels: use it with a classification "
                             "task")
-        # θf's probability of its own argmax label is exp(−loss at θf).
-        eligible = confident_rows(torch.exp(-loss_ft).numpy(), labels.numpy(),
+        eligible = confident_rows(loss_ft.numpy(), labels.numpy(),
                                   cfg.selection.confidence_quantile)
         info["eligible_documents"] = int(eligible.sum())
     selections = {}

@@ -94,7 +94,7 @@ def eligible_rows(run: Run) -> list[int] | None:
     from ..selection import confident_rows
 
     scores = pq.read_table(run.folder / "scores.parquet", columns=["autolabel", "loss_finetuned"])
-    keep = confident_rows(np.exp(-scores.column("loss_finetuned").to_numpy()),
+    keep = confident_rows(scores.column("loss_finetuned").to_numpy(),
                           scores.column("autolabel").to_numpy(), q)
     return np.flatnonzero(keep).tolist()
 

@@ -14,16 +14,18 @@ from .result import Selection
 __all__ = ["Selection", "greedy", "run_strategy", "needs_gradients", "confident_rows", "STRATEGIES"]
 
 
-def confident_rows(confidence: np.ndarray, labels: np.ndarray, quantile: float) -> np.ndarray:
-    """(N,) bool: within each autolabel, the ⌈(1 − quantile) · n_c⌉ rows θf is surest of
-    (ties to the lower row). A per-class cut drops uncertain labels without ever emptying a
-    class, which a single threshold does on a task with rare or hard classes."""
+def confident_rows(loss_finetuned: np.ndarray, labels: np.ndarray, quantile: float) -> np.ndarray:
+    """(N,) bool: within each autolabel, the ⌈(1 − quantile) · n_c⌉ rows θf is surest of,
+    i.e. with the lowest loss at θf (ties to the lower row). A per-class cut drops uncertain
+    labels without ever emptying a class, which a single threshold does on a task with rare
+    or hard classes. Ranked by the loss itself: θf's probability exp(−loss) rounds the surest
+    documents (losses near 0) to equal float32 values, and the order among them is lost."""
     if not 0 <= quantile < 1:
         raise ValueError(f"quantile must be in [0, 1), got {quantile}")
     keep = np.zeros(len(labels), dtype=bool)
     for c in np.unique(labels):
         rows = np.flatnonzero(labels == c)
-        order = rows[np.argsort(-confidence[rows], kind="stable")]
+        order = rows[np.argsort(loss_finetuned[rows], kind="stable")]
         keep[order[: int(np.ceil((1 - quantile) * len(rows)))]] = True
     return keep
 
