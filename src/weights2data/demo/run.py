@@ -207,9 +207,3 @@ def _base_info(base_dir: Path) -> dict | None:
     """What make_base recorded about θ0 (lm: truncation and healing, held-out perplexity)."""
     path = base_dir / "base.json"
     return json.loads(path.read_text()) if path.exists() else None
-
-
-def _base_info(base_dir: Path) -> dict | None:
-    """What make_base recorded about θ0 (lm: truncation and healing, held-out perplexity)."""
-    path = base_dir / "base.json"
-    return json.loads(path.read_text()) if path.exists() else None
