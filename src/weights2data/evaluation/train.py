@@ -8,11 +8,13 @@ import math
 import statistics
 from dataclasses import asdict, dataclass, field, replace
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 from ..framings import Framing
+from ..framings.tokens import collate
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,12 @@ def has_adapter(model: torch.nn.Module) -> bool:
     return any(isinstance(m, LoraLayer) for m in model.modules())
 
 
-def _lora_dict(lora: Lora | None) -> dict:
-    # Absent when None, so the fingerprints of full fine-tuning results stay what they were.
-    return {} if lora is None else {"lora": lora.to_dict()}
+def _recipe_dict(recipe: Recipe | Schedule) -> dict:
+    """The recipe's fields; `lora` only when set, so the fingerprints of full fine-tuning
+    results stay what they were."""
+    d = asdict(recipe)
+    del d["lora"]
+    return d if recipe.lora is None else d | {"lora": recipe.lora.to_dict()}
 
 
 @dataclass
@@ -71,9 +76,7 @@ class Recipe:
     lora: Lora | None = None
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        del d["lora"]
-        return d | _lora_dict(self.lora)
+        return _recipe_dict(self)
 
 
 @dataclass
@@ -104,9 +107,7 @@ class Schedule:
                        epochs=self.epochs * factor)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        del d["lora"]
-        return d | _lora_dict(self.lora)
+        return _recipe_dict(self)
 
 
 @dataclass
@@ -149,6 +150,7 @@ def train(
     gen = torch.Generator().manual_seed(recipe.seed)
     torch.manual_seed(recipe.seed)  # dropout
     y_all = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
+    tokens = framing.tokenize(texts)  # once per run, not once per step
     params = [p for p in model.parameters() if p.requires_grad]
     # Fused: one kernel over every tensor. On a CPU the default (foreach) step over
     # all-MiniLM-L6-v2's 22.7M parameters cost 0.97 s against 0.10 s fused, a third of a step.
@@ -164,7 +166,7 @@ def train(
         if len(order) < recipe.batch_size:
             order += torch.randperm(len(texts), generator=gen).tolist()
         idx, order = order[: recipe.batch_size], order[recipe.batch_size :]
-        batch = {k: v.to(device) for k, v in framing.encode([texts[i] for i in idx]).items()}
+        batch = collate(tokens, np.asarray(idx), framing.tokenizer.pad_token_id, device)
         pos = framing.forward(model, batch)
         target = None if y_all is None else y_all[idx].to(device).unsqueeze(1)
         loss = pos.loss(target).mean()
