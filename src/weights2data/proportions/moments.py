@@ -95,9 +95,7 @@ class Accumulator:
             self.first[la.name] = torch.zeros(shape, device=device)
             if second:
                 self.second[la.name] = torch.zeros(shape, device=device)
-        self.totals = torch.zeros(n_domains, dtype=torch.float64)
-        for k in range(n_domains):
-            self.totals[k] = float(self.weight[self.domain == k].sum())
+        self.totals = _per_domain(self.domain, self.weight, n_domains)
 
     def visit(self, j: int, batch_rows: np.ndarray) -> Visit:
         """The visitor for checkpoint j's batch of corpus rows `batch_rows`."""
@@ -131,13 +129,16 @@ class Accumulator:
             keep = self.rows[la.name]
             target[la.name] = (q if keep is None else q[keep.to(q.device)]).to(self.device)
             coords += target[la.name].numel()
-        squares = torch.zeros(len(names), dtype=torch.float64)
-        for k in range(len(names)):
-            squares[k] = float(self.weight[self.domain == k].double().square().sum())
+        squares = _per_domain(self.domain, self.weight.double().square(), len(names))
         return Moments(names, list(alphas), self.first, self.second, target, dict(self.rows),
                        layers.target_norm() ** 2, coords,
                        sum(la.shape[0] * la.shape[1] for la in layers.layers),
                        self.totals.square() / squares.clamp_min(1e-30))
+
+
+def _per_domain(domain: torch.Tensor, values: torch.Tensor, n_domains: int) -> torch.Tensor:
+    """(n_domains,) float64 sums of `values` over each domain's documents."""
+    return torch.zeros(n_domains, dtype=torch.float64).index_add_(0, domain, values.double())
 
 
 class DomainMoments:
