@@ -123,6 +123,13 @@ def test_lm_demo_smoke(tmp_path):
     assert res["oracle"][k]["mean"] < res["base"]["test"]
     assert "labels" not in res["strategies"]["select"][k]
     assert "conf" not in report.table(res)
+    # A healed base (what demo.lm's make_base records) is reported with its held-out perplexity.
+    res["base_model"] = {"layers_kept": 4, "layers_total": 30, "heal_recipe": {"steps": 300},
+                         "heldout_seed_documents": 200,
+                         "heldout_seed_perplexity": {"before_healing": 1.3e8, "after_healing": 402.6}}
+    assert "held-out seed documents 1.3e+08 before healing, 402.6 after" in report.table(res)
+    report.write_html(res, tmp_path / "report.html")
+    assert "402.6 after" in (tmp_path / "report.html").read_text()
 
 
 def test_recipe_check_finds_flips_and_tau():

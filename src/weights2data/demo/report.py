@@ -54,12 +54,26 @@ def table(results: dict) -> str:
     for name in ("expert", "base"):
         label = f"{name} ({'θf' if name == 'expert' else 'θ0'})"
         lines.append(f"{label:<{name_w}}" + f"{results[name]['test']:.{d}f}".rjust(cell_w))
+    if _healing(results):
+        lines.append(_healing(results))
     if results.get("recipe_check"):
         lines.append(summary(results["recipe_check"]))
     for name, run in _select_runs(results):
         lines.append(f"select run {name}: {run['layer_count']} layer(s) ({run['layers']}), "
                      f"extraction {_fmt(run['extract_s'])} s, whole run {_fmt(run['total_s'])} s")
     return "\n".join(lines)
+
+
+def _healing(results: dict) -> str | None:
+    """lm: how far healing brought the truncated base, on held-out seed text (not the task)."""
+    b = results.get("base_model") or {}
+    ppl = b.get("heldout_seed_perplexity")
+    if not ppl:
+        return None
+    return (f"base θ0: the first {b['layers_kept']} of {b['layers_total']} layers, healed "
+            f"{b['heal_recipe']['steps']} steps on seed-source text; perplexity on "
+            f"{b['heldout_seed_documents']} held-out seed documents {ppl['before_healing']:.3g} "
+            f"before healing, {ppl['after_healing']:.1f} after")
 
 
 def _extraction(timings: dict) -> float | None:
@@ -275,6 +289,8 @@ def write_html(results: dict, path) -> None:
             "test column is reported.</p>",
             f"<h2>Results: {esc(_unit(results))}, mean ± sd over n = {_n(results)} seeds</h2>",
             _results_table(results)]
+    if _healing(results):
+        body.append(f"<p>{esc(_healing(results))}</p>")
     if results.get("recipe_check"):
         body += ["<h2>Recipe check: half and double the step budget</h2>",
                  _recipe_check(results["recipe_check"])]
