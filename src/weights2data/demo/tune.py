@@ -12,7 +12,8 @@ with the best validation metric averaged over the rows (ties to the smaller lr).
 the LoRA demo (`demo --lora`): LoRA expert, LoRA retraining. `budget`: at the smallest K of the grid, trains
 θ0 on each row's documents (seed 0) with budgets of S, 2S, 4S steps and picks the smallest S
 at which doubling lowers no row's final training loss by more than TOLERANCE nats: the loss has
-flattened for every selection, so the recipe, not the data, cannot decide the ranking.
+flattened for every selection, so the recipe, not the data, cannot decide the ranking; for `lm`,
+the budget with the best validation perplexity averaged over the rows (`best_validation_budget`).
 """
 
 from __future__ import annotations
@@ -105,12 +106,28 @@ def budget(task: str, cache: Path, budgets=(40, 80, 160), preset: str = "full",
         min_steps=steps, epochs=0, lr=sizes.lr, batch_size=sizes.batch_size, lora=sizes.lora),
         lambda steps: f"{steps:>4} steps")
     table = {name: {steps: grid[name, steps] for steps in budgets} for name in rows}
-    k = min(sizes.ks)
-    flat = [s for s, s2 in zip(budgets, budgets[1:])
-            if all(table[n][s]["train_loss"] - table[n][s2]["train_loss"] < TOLERANCE for n in rows)]
-    return {"task": task, "k": k, "lr": sizes.lr, "batch_size": sizes.batch_size,
+    lm = task == "lm"
+    return {"task": task, "k": min(sizes.ks), "lr": sizes.lr, "batch_size": sizes.batch_size,
             "tolerance": TOLERANCE, "rows": table,
-            "chosen_min_steps": flat[0] if flat else None}
+            "rule": "best mean validation" if lm else "flat training loss",
+            "chosen_min_steps": (best_validation_budget if lm else flat_budget)(table, budgets)}
+
+
+def flat_budget(table: dict[str, dict[int, dict]], budgets: tuple[int, ...]) -> int | None:
+    """Classification: the smallest budget at which doubling lowers no row's final training
+    loss by more than TOLERANCE nats (None if none in the grid)."""
+    flat = [s for s, s2 in zip(budgets, budgets[1:])
+            if all(t[s]["train_loss"] - t[s2]["train_loss"] < TOLERANCE for t in table.values())]
+    return flat[0] if flat else None
+
+
+def best_validation_budget(table: dict[str, dict[int, dict]], budgets: tuple[int, ...]) -> int:
+    """Language modelling: the budget with the lowest validation perplexity averaged over the
+    rows (ties to fewer steps). An LM's training loss only flattens once it has memorised its
+    K documents, long after its held-out perplexity has turned up, so the flat-loss rule would
+    pick a budget that makes every row worse than θ0."""
+    mean = {s: sum(t[s]["val"] for t in table.values()) / len(table) for s in budgets}
+    return min(budgets, key=lambda s: (mean[s], s))
 
 
 def learning_rate(task: str, cache: Path, lrs=(3e-4, 1e-3, 3e-3), preset: str = "quick",
