@@ -14,9 +14,14 @@ TASKS = ("bbc", "wiki", "lm")
 
 # The retraining step floor. Classification: 160 at lr 3e-4, chosen before any test number
 # (docs/results.md): at K = 100 random's training loss still fell 0.13 nats from 80 to 160
-# steps on wiki, and lr 3e-4 beat 1e-4 on validation on both tasks. lm: not tuned yet.
+# steps on wiki, and lr 3e-4 beat 1e-4 on validation on both tasks. lm: 13 steps (one epoch
+# of K = 200), the best mean validation perplexity of random / oracle / select among 13, 25,
+# 50 (python -m weights2data.demo.tune budget --task lm --preset default --budgets 13 25 50);
+# 80 steps memorised the K documents (validation perplexity 4.0k against θ0's 689); then lr
+# 2e-4 among 1e-4, 2e-4, 5e-4 (mean validation 653 / 647 / 679; tune lr --task lm).
 MIN_STEPS = 80
 CLASSIFY_RECIPE = {"min_steps": 160, "lr": 3e-4}
+LM_RECIPE = {"min_steps": 13, "epochs": 1.0, "lr": 2e-4}
 CONFIDENCE_QUANTILE = 0.5  # fixed in advance: the surer half of each autolabel
 # --lora: the expert and every retraining train a fresh r = 8 adapter on the attention query and
 # value modules, head frozen. LoRA needs a higher learning rate than full fine-tuning: the
@@ -151,8 +156,8 @@ def _preset(task: str, preset: str) -> Sizes:
 
 def _lm(preset: str) -> Sizes:
     """SmolLM2-135M cut to its first 4 layers and healed on seed-source text; BBC passages."""
-    common = dict(max_length=48, lr=5e-4, expert_epochs=2, expert_lr=5e-4, layers=4,
-                  heal_steps=300, heal_lr=1e-3, heal_docs=3000, val_docs=200)
+    common = dict(max_length=48, expert_epochs=2, expert_lr=5e-4, layers=4,
+                  heal_steps=300, heal_lr=1e-3, heal_docs=3000, val_docs=200, **LM_RECIPE)
     if preset == "quick":
         return Sizes({"wikipedia": 300, "news": 300, "tweets": 200}, ks=[100], seeds=3,
                      train_docs=300, test_docs=100, **common)
