@@ -54,8 +54,8 @@ def table(results: dict) -> str:
     for name in ("expert", "base"):
         label = f"{name} ({'θf' if name == 'expert' else 'θ0'})"
         lines.append(f"{label:<{name_w}}" + f"{results[name]['test']:.{d}f}".rjust(cell_w))
-    if _healing(results):
-        lines.append(_healing(results))
+    if heal := _healing(results):
+        lines.append(heal)
     if results.get("recipe_check"):
         lines.append(summary(results["recipe_check"]))
     for name, run in _select_runs(results):
@@ -289,8 +289,8 @@ def write_html(results: dict, path) -> None:
             "test column is reported.</p>",
             f"<h2>Results: {esc(_unit(results))}, mean ± sd over n = {_n(results)} seeds</h2>",
             _results_table(results)]
-    if _healing(results):
-        body.append(f"<p>{esc(_healing(results))}</p>")
+    if heal := _healing(results):
+        body.append(f"<p>{esc(heal)}</p>")
     if results.get("recipe_check"):
         body += ["<h2>Recipe check: half and double the step budget</h2>",
                  _recipe_check(results["recipe_check"])]
