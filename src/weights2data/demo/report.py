@@ -93,13 +93,13 @@ def _lora_note(results: dict) -> str:
 def _select_runs(results: dict) -> list[tuple[str, dict]]:
     """Each select run's layers and extraction time: autolabels and gradients at every
     checkpoint (the manifest's `store` step, or `autolabel` + `gradients` without a store)."""
-    from ..gradients.layers import _summary
+    from ..gradients.layers import fold_names
 
     out = []
     for name, info in results.get("select", {}).items():
         timings = info.get("timings_s") or {}
         layers = info.get("layers") or []
-        out.append((name, {"layer_count": len(layers), "layers": _summary(layers, most=4),
+        out.append((name, {"layer_count": len(layers), "layers": fold_names(layers, most=4),
                            "extract_s": _extraction(timings),
                            "total_s": round(sum(timings.values()), 1) if timings else None}))
     return out

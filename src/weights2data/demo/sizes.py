@@ -12,14 +12,14 @@ CLASSIFY_STRATEGIES = ["select", "topk", "topk-balanced", "random", "loss-diff"]
 LM_STRATEGIES = ["select", "topk", "random", "loss-min", "loss-diff"]
 TASKS = ("bbc", "wiki", "lm")
 
-# The retraining step floor. Classification: 160 at lr 3e-4, chosen before any test number
+MIN_STEPS = 80  # the Sizes default; every preset sets its own recipe below
+# The retraining recipes. Classification: 160 at lr 3e-4, chosen before any test number
 # (docs/results.md): at K = 100 random's training loss still fell 0.13 nats from 80 to 160
 # steps on wiki, and lr 3e-4 beat 1e-4 on validation on both tasks. lm: 13 steps (one epoch
 # of K = 200), the best mean validation perplexity of random / oracle / select among 13, 25,
 # 50 (python -m weights2data.demo.tune budget --task lm --preset default --budgets 13 25 50);
 # 80 steps memorised the K documents (validation perplexity 4.0k against θ0's 689); then lr
 # 2e-4 among 1e-4, 2e-4, 5e-4 (mean validation 653 / 647 / 679; tune lr --task lm).
-MIN_STEPS = 80
 CLASSIFY_RECIPE = {"min_steps": 160, "lr": 3e-4}
 LM_RECIPE = {"min_steps": 13, "epochs": 1.0, "lr": 2e-4}
 CONFIDENCE_QUANTILE = 0.5  # fixed in advance: the surer half of each autolabel

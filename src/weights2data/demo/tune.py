@@ -126,8 +126,14 @@ def best_validation_budget(table: dict[str, dict[int, dict]], budgets: tuple[int
     rows (ties to fewer steps). An LM's training loss only flattens once it has memorised its
     K documents, long after its held-out perplexity has turned up, so the flat-loss rule would
     pick a budget that makes every row worse than θ0."""
-    mean = {s: sum(t[s]["val"] for t in table.values()) / len(table) for s in budgets}
-    return min(budgets, key=lambda s: (mean[s], s))
+    return _best_mean({s: sum(t[s]["val"] for t in table.values()) / len(table) for s in budgets},
+                      lower=True)
+
+
+def _best_mean(mean: dict, lower: bool):
+    """The setting with the best mean validation metric; ties to the smaller setting."""
+    sign = 1 if lower else -1
+    return min(mean, key=lambda s: (sign * mean[s], s))
 
 
 def learning_rate(task: str, cache: Path, lrs=(3e-4, 1e-3, 3e-3), preset: str = "quick",
@@ -143,13 +149,11 @@ def learning_rate(task: str, cache: Path, lrs=(3e-4, 1e-3, 3e-3), preset: str = 
     grid = _seed0_grid(p, rows, lrs, "tune-lr", lambda lr: replace(sizes.schedule(), lr=lr),
                        lambda lr: f"lr {lr:g}")
     table = {lr: {name: grid[name, lr] for name in rows} for lr in lrs}
-    lower = task == "lm"
     mean = {lr: sum(r["val"] for r in table[lr].values()) / len(rows) for lr in lrs}
-    best = (min if lower else max)(mean.values())
     return {"task": task, "lora": lora, "k": k, "steps": sizes.schedule().steps(k),
             "batch_size": sizes.batch_size, "rows": {str(lr): table[lr] for lr in lrs},
             "mean_validation": {str(lr): v for lr, v in mean.items()},
-            "chosen_lr": min(lr for lr, v in mean.items() if v == best)}
+            "chosen_lr": _best_mean(mean, lower=task == "lm")}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -83,7 +83,7 @@ def _weight_and_bias(module: nn.Module) -> tuple[torch.Tensor, bool]:
     return torch.cat([w.float(), b.detach().float().unsqueeze(1)], dim=1), True
 
 
-def _summary(names: list[str], most: int = 24) -> str:
+def fold_names(names: list[str], most: int = 24) -> str:
     """Module names with block numbers folded: model.layers.*.mlp.up_proj, ..."""
     folded = list(dict.fromkeys(re.sub(r"\.\d+\.", ".*.", n) for n in names))
     more = f", … ({len(folded) - most} more)" if len(folded) > most else ""
@@ -139,7 +139,7 @@ def resolve(
             hits = {n for n in candidates if fnmatch.fnmatchcase(n, item)}
             if not hits:
                 raise UserError(f"--layers {item!r} matches no linear module; the model has: "
-                                f"{_summary(candidates)}")
+                                f"{fold_names(candidates)}")
             chosen |= hits
     if not chosen:
         raise UserError("no layer differs between the base and the fine-tuned checkpoint: "
