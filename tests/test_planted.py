@@ -11,8 +11,9 @@ from weights2data.framings import make_framing
 from weights2data.selection import greedy
 
 
-def test_first_picks_are_the_planted_documents_and_not_with_q_negated(tmp_path):
-    model, tok = tiny.bert_classifier()
+def _planted_run(tmp_path, seed: int) -> tuple[list[bool], list[bool]]:
+    """Whether each of the first 10 picks is planted, for q and for -q."""
+    model, tok = tiny.bert_classifier(seed=seed)
     base = tiny.save(model, tok, tmp_path / "base")
     planted = tiny.corpus(24, seed=1)
     framing = make_framing("classify-head", tok, 32, ModelConfig(base, base))
@@ -29,11 +30,23 @@ def test_first_picks_are_the_planted_documents_and_not_with_q_negated(tmp_path):
     is_planted = [i < len(planted) for i in order]
 
     result = select(base=base, finetuned=ft, corpus=str(corpus), k=10, progress=False)
-    first = result.selections["select"].indices[:10]
-    assert all(is_planted[i] for i in first[:3])
-    assert sum(is_planted[i] for i in first) >= 7  # 24 of 64 are planted: chance is 3.75
-
     gr = result.gradients
     flipped = greedy(gr.grads, -gr.align, gr.sqnorm, gr.target_norm, 10)
-    print([is_planted[i] for i in flipped.indices])
-    assert sum(is_planted[i] for i in flipped.indices) <= 3
+    return ([is_planted[i] for i in result.selections["select"].indices[:10]],
+            [is_planted[i] for i in flipped.indices])
+
+
+def test_first_picks_are_the_planted_documents_and_not_with_q_negated(tmp_path):
+    # Four fine-tunes, judged together: one tiny model's 10 picks move by a document or two
+    # with the CPU's float rounding, the sum over four does not (35 of 40 here, 1 with -q).
+    runs = [_planted_run(tmp_path / str(s), s) for s in range(4)]
+    assert all(picks[0] for picks, _ in runs)
+    assert sum(sum(picks) for picks, _ in runs) >= 28  # 24 of 64 are planted: chance is 15
+    assert sum(sum(flipped) for _, flipped in runs) <= 6
+
+
+def test_tiny_tokenizers_are_the_same_on_every_call():
+    # A fixture that changed between calls made this module's results change between runs.
+    for build in (tiny.wordpiece_tokenizer, tiny.bpe_tokenizer):
+        a, b = build(), build()
+        assert a.backend_tokenizer.to_str() == b.backend_tokenizer.to_str()

@@ -71,12 +71,16 @@ def bpe_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def wordpiece_tokenizer() -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    # A fixed vocabulary, not WordPieceTrainer: the trainer breaks ties in hash order, so its
+    # vocabulary (and every model built on it) changed from one call to the next.
+    words = sorted({w for t in _texts() for w in t.lower().split()})
+    chars = sorted({c for w in words for c in w})
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    tokens = dict.fromkeys(specials + chars + ["##" + c for c in chars] + words)  # "a" is both
+    vocab = {t: i for i, t in enumerate(tokens)}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)  # drops control/format chars
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.WordPieceTrainer(vocab_size=400,
-                                        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
-    tok.train_from_iterator(_texts(), trainer)
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
