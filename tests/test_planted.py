@@ -37,8 +37,9 @@ def _planted_run(tmp_path, seed: int) -> tuple[list[bool], list[bool]]:
 
 
 def test_first_picks_are_the_planted_documents_and_not_with_q_negated(tmp_path):
-    # Four fine-tunes, judged together: one tiny model's 10 picks move by a document or two
-    # with the CPU's float rounding, the sum over four does not (35 of 40 here, 1 with -q).
+    # Four fine-tunes, judged together: one tiny model's first 10 picks hold 6 to 10 planted
+    # documents depending on its seed (seeds 0-7), too close to chance for a margin alone;
+    # over four: 35 of 40, and 1 of 40 with -q.
     runs = [_planted_run(tmp_path / str(s), s) for s in range(4)]
     assert all(picks[0] for picks, _ in runs)
     assert sum(sum(picks) for picks, _ in runs) >= 28  # 24 of 64 are planted: chance is 15
