@@ -182,3 +182,39 @@ def test_demo_cli_refuses_bad_sizes(capsys):
     assert "--seeds must be at least 1" in capsys.readouterr().err
     assert main(["demo", "--lora", "--task", "lm", "--quiet"]) == 2
     assert "--lora is for the classification tasks" in capsys.readouterr().err
+
+
+def test_a_stage_another_live_process_holds_is_waited_for_not_computed_again(tmp_path):
+    """Two demo processes on one --cache: the second waits for the first's select run (or θ0,
+    or θf) instead of computing it a second time; a lock left by a dead process is taken over."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    from weights2data.demo.prepare import Stages
+
+    result = tmp_path / "select-k100"
+    calls, logs = [], []
+    lock = tmp_path / f".{result.name}.lock"
+
+    def finish():  # what the holder does: write its result, then let go of the lock
+        result.mkdir()
+        lock.unlink()
+
+    lock.write_text(str(os.getpid()))  # a live holder
+    finisher = threading.Timer(0.5, finish)
+    finisher.start()
+    stages = Stages(logs.append)
+    stages.run("select", result.exists, lambda: calls.append("work"), shared=result)
+    finisher.join()
+    assert calls == [] and stages.cached == ["select"]
+    assert logs[0].startswith("[wait] select")
+
+    other = tmp_path / "expert"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f".{other.name}.lock").write_text(str(dead.pid))
+    stages.run("expert", other.exists, lambda: other.mkdir(), shared=other)
+    assert other.is_dir() and "expert" in stages.seconds
+    assert not list(tmp_path.glob(".*.lock"))

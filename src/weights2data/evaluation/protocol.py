@@ -167,13 +167,13 @@ def evaluate(setup: Setup, draw: Draw, k: int, schedule: Schedule, seeds: Sequen
                 continue
             key = fingerprint([setup.key, recipe.to_dict(), texts, labels, sets.fingerprint()])
             path = Path(cache) / f"{key}.json"
-            if not path.is_file() and _claim(path):
+            if not path.is_file() and claim(path):
                 try:
                     if not path.is_file():  # finished by another process since we looked
                         write_atomic(path, train_and_measure(setup, texts, labels, recipe, sets,
                                                               progress))
                 finally:
-                    _lock(path).unlink(missing_ok=True)
+                    release(path)
             if path.is_file():
                 runs[seed] = json.loads(path.read_text())
             else:
@@ -197,7 +197,12 @@ def _lock(path: Path) -> Path:
     return path.with_name(f".{path.name}.lock")
 
 
-def _claim(path: Path) -> bool:
+def release(path: Path) -> None:
+    """Drop the lock `claim` took."""
+    _lock(path).unlink(missing_ok=True)
+
+
+def claim(path: Path) -> bool:
     """Take the lock of a cached result (True), unless a live process holds it (False); a lock
     left by a process that died is taken over."""
     lock = _lock(path)
