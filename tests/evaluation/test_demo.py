@@ -206,7 +206,7 @@ def test_a_stage_another_live_process_holds_is_waited_for_not_computed_again(tmp
     finisher = threading.Timer(0.5, finish)
     finisher.start()
     stages = Stages(logs.append)
-    stages.run("select", result.exists, lambda: calls.append("work"), shared=result)
+    stages.run("select", result, result.exists, lambda: calls.append("work"))
     finisher.join()
     assert calls == [] and stages.cached == ["select"]
     assert logs[0].startswith("[wait] select")
@@ -215,6 +215,6 @@ def test_a_stage_another_live_process_holds_is_waited_for_not_computed_again(tmp
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (tmp_path / f".{other.name}.lock").write_text(str(dead.pid))
-    stages.run("expert", other.exists, lambda: other.mkdir(), shared=other)
+    stages.run("expert", other, other.exists, lambda: other.mkdir())
     assert other.is_dir() and "expert" in stages.seconds
     assert not list(tmp_path.glob(".*.lock"))

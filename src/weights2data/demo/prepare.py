@@ -62,33 +62,30 @@ class Stages:
         self.seconds[name] = round(time.perf_counter() - wall, 1)
         self.cpu_seconds[name] = round(time.process_time() - cpu, 1)
 
-    def run(self, name: str, done: Callable[[], bool], work: Callable[[], None],
-            shared: Path | None = None) -> None:
-        """Run `work` unless `done()`. `shared`: the stage's result in a cache that several
-        processes may share; while a live one holds its lock, wait for its result instead of
-        computing it a second time."""
+    def run(self, name: str, result: Path, done: Callable[[], bool],
+            work: Callable[[], None]) -> None:
+        """Run `work` (which writes `result` into the cache) unless `done()`. Processes sharing
+        the cache take turns through `result`'s lock: while a live one computes it, wait."""
+        computed = False
+
+        def timed() -> None:
+            nonlocal computed
+            self.log(f"[run] {name}")
+            with self.timed(name):
+                work()
+            self.log(f"[done] {name} in {self.seconds[name]:.1f} s "
+                     f"(CPU {self.cpu_seconds[name]:.1f} s)")
+            computed = True
+
         waiting = False
-        while not done():
-            if shared is not None and not protocol.claim(shared):
-                if not waiting:
-                    self.log(f"[wait] {name}: another process is computing it")
-                    waiting = True
-                time.sleep(2)
-                continue
-            try:
-                if done():  # finished by another process since we looked
-                    break
-                self.log(f"[run] {name}")
-                with self.timed(name):
-                    work()
-                self.log(f"[done] {name} in {self.seconds[name]:.1f} s "
-                         f"(CPU {self.cpu_seconds[name]:.1f} s)")
-                return
-            finally:
-                if shared is not None:
-                    protocol.release(shared)
-        self.cached.append(name)
-        self.log(f"[cached] {name}")
+        while not protocol.compute_once(result, done, timed):
+            if not waiting:
+                self.log(f"[wait] {name}: another process is computing it")
+                waiting = True
+            time.sleep(2)
+        if not computed:  # already in the cache, or another process computed it
+            self.cached.append(name)
+            self.log(f"[cached] {name}")
 
 
 def slug(name: str) -> str:
@@ -191,7 +188,7 @@ def prepare(
         data.write_jsonl(corpus_rows, tmp)
         os.replace(tmp, corpus_path)
 
-    stages.run("write seed corpus", corpus_path.exists, write_corpus)
+    stages.run("write seed corpus", corpus_path, corpus_path.exists, write_corpus)
     build_models(hidden, make_base, sizes, cache, stages, progress)
 
     k_max = max(sizes.ks)
@@ -201,7 +198,7 @@ def prepare(
         names = strategies if not name else ["select"]
         # Variants that only change which rows are eligible reuse the main run's gradients.
         store = work / "store" if set(opts) <= {"confidence_quantile"} else None
-        stages.run(select_stage(name, names), (folder / output.MANIFEST).exists,
+        stages.run(select_stage(name, names), folder, (folder / output.MANIFEST).exists,
                    lambda folder=folder, names=names, opts=opts, store=store: select(
                        base=str(base_dir), finetuned=str(expert_dir), corpus=str(corpus_path),
                        k=k_max, strategies=names, max_length=sizes.max_length,
@@ -212,7 +209,7 @@ def prepare(
                        confidence_quantile=opts.get("confidence_quantile", 0.0),
                        seed=sizes.seed, out=str(folder),
                        store=None if store is None else str(store),
-                       overwrite=True, progress=progress), shared=folder)
+                       overwrite=True, progress=progress))
         runs[name] = load_run(folder)
     return Prepared(hidden, sizes, strategies, work, base_dir, expert_dir, corpus_rows, runs,
                     stages)
@@ -246,12 +243,12 @@ def build_models(hidden: Hidden, make_base: Callable[[Path], None], sizes: Sizes
                  stages: Stages, progress: bool = True) -> tuple[Path, Path]:
     """Build (or reuse) θ0 and the expert θf in the cache."""
     base_dir, expert_dir = model_dirs(hidden, sizes, cache)
-    stages.run("build base θ0", (base_dir / "config.json").exists,
-               lambda: output.atomic_folder(base_dir, make_base, overwrite=True), shared=base_dir)
+    stages.run("build base θ0", base_dir, (base_dir / "config.json").exists,
+               lambda: output.atomic_folder(base_dir, make_base, overwrite=True))
     how = "" if sizes.lora is None else f"LoRA r={sizes.lora.r} on {'/'.join(sizes.lora.targets)}, "
-    stages.run(f"fine-tune expert θf ({how}{sizes.expert_epochs:g} epochs)",
+    stages.run(f"fine-tune expert θf ({how}{sizes.expert_epochs:g} epochs)", expert_dir,
                lambda: expert_done(sizes, expert_dir),
-               lambda: _train_expert(hidden, sizes, base_dir, expert_dir, progress), shared=expert_dir)
+               lambda: _train_expert(hidden, sizes, base_dir, expert_dir, progress))
     return base_dir, expert_dir
 
 

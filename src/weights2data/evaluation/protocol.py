@@ -167,14 +167,10 @@ def evaluate(setup: Setup, draw: Draw, k: int, schedule: Schedule, seeds: Sequen
                 continue
             key = fingerprint([setup.key, recipe.to_dict(), texts, labels, sets.fingerprint()])
             path = Path(cache) / f"{key}.json"
-            if not path.is_file() and claim(path):
-                try:
-                    if not path.is_file():  # finished by another process since we looked
-                        write_atomic(path, train_and_measure(setup, texts, labels, recipe, sets,
-                                                              progress))
-                finally:
-                    release(path)
-            if path.is_file():
+            def work(path=path, texts=texts, labels=labels, recipe=recipe) -> None:
+                write_atomic(path, train_and_measure(setup, texts, labels, recipe, sets, progress))
+
+            if compute_once(path, path.is_file, work):
                 runs[seed] = json.loads(path.read_text())
             else:
                 busy = True
@@ -197,12 +193,23 @@ def _lock(path: Path) -> Path:
     return path.with_name(f".{path.name}.lock")
 
 
-def release(path: Path) -> None:
-    """Drop the lock `claim` took."""
-    _lock(path).unlink(missing_ok=True)
+def compute_once(path: Path, done: Callable[[], bool], work: Callable[[], None]) -> bool:
+    """Run `work` (which writes the cached result at `path`) unless `done()`, holding `path`'s
+    lock, so that processes sharing a cache never compute one result twice. True: the result
+    is there; False: a live process is computing it (come back later)."""
+    if done():
+        return True
+    if not _claim(path):
+        return False
+    try:
+        if not done():  # finished by another process since we looked
+            work()
+    finally:
+        _lock(path).unlink(missing_ok=True)
+    return True
 
 
-def claim(path: Path) -> bool:
+def _claim(path: Path) -> bool:
     """Take the lock of a cached result (True), unless a live process holds it (False); a lock
     left by a process that died is taken over."""
     lock = _lock(path)
